@@ -1,0 +1,3 @@
+//! Backends: `cpu` (the reference), `wgpu`, `cuda`. See `Backend`.
+
+pub mod cpu;
