@@ -252,7 +252,7 @@ pub fn attention_backward<T: Real>(
         let seg = segment_ids.map(|s| &s[b * nt..(b + 1) * nt]); // (T)
         for g in 0..nkv {
             let heads = g * rep..(g + 1) * rep; // the query heads that read kv head g
-            // Preprocessing (FA-2): D_i = <dO_i, out_i>.
+                                                // Preprocessing (FA-2): D_i = <dO_i, out_i>.
             for (r, h) in heads.clone().enumerate() {
                 for i in 0..nt {
                     let (do_i, o_i) = (&dout[qi(b, i, h)..][..nd], &out[qi(b, i, h)..][..nd]);
