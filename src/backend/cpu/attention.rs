@@ -1,6 +1,7 @@
 //! attention: scaled dot-product attention, flash-attention style. The CPU spec
 //! (`attention_forward` / `attention_backward`, generic over `Real`) and the fast CPU paths the
-//! backend runs (`attention` / `attention_backward_fast`, f32, threaded), tested against the spec.
+//! backend runs (`attention` / `attention_backward_fast`: f32, threaded, blocked on `gemm`), tested
+//! against the spec.
 //! Spec: this file   Test: tests/ops/attention.rs
 //!
 //! Legend: B batch, T tokens (queries and keys have the same length), H query heads,
@@ -379,10 +380,90 @@ fn cap_f32(raw: f32, softcap: Option<f32>) -> (f32, f32) {
     }
 }
 
+/// Query rows and key columns per block in the fast paths: a (64, 64) f32 score block is 16 KiB
+/// and the (64, D) Q, K, V, O blocks for D <= 128 are 32 KiB each, so a block pair stays in L2.
+const FAST_BQ: usize = 64;
+const FAST_BK: usize = 64;
+
+/// c (m, n) = [c +] op(a) · op(b), all row-major f32, through the `gemm` crate (runtime-selected
+/// SIMD, single-threaded: the fast paths already run one item per thread).
+/// `a` is (m, k), or (k, m) when `ta`; `b` is (k, n), or (n, k) when `tb`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_f32(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, ta: bool, tb: bool, acc: bool) {
+    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "gemm_f32: buffer too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    // (row stride, column stride) of each operand, in elements.
+    let (a_rs, a_cs) = if ta { (1, m as isize) } else { (k as isize, 1) };
+    let (b_rs, b_cs) = if tb { (1, k as isize) } else { (n as isize, 1) };
+    // SAFETY: the asserts above bound every index the strides reach: a (m, k) or (k, m) view of
+    // `a`, a (k, n) or (n, k) view of `b`, and a (m, n) view of `c`; `c` is a unique borrow.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// The keys that some query of rows [i0, i1) may see (the causal/window ranges grow with i).
+fn block_key_range(p: &AttnParams, i0: usize, i1: usize) -> std::ops::Range<usize> {
+    p.key_range(i0).start..p.key_range(i1 - 1).end
+}
+
+/// Fills s (bq, bk) = capped scores of query rows i0.. against key columns j0.., or -inf where the
+/// key is not visible, given s = Q_blk · K_blk^T on entry. Also writes the soft-cap derivative
+/// into `dcap` when given.
+#[allow(clippy::too_many_arguments)]
+fn mask_and_cap(
+    s: &mut [f32],
+    mut dcap: Option<&mut [f32]>,
+    i0: usize,
+    bq: usize,
+    j0: usize,
+    bk: usize,
+    seg: Option<&[u32]>,
+    p: &AttnParams,
+) {
+    for r in 0..bq {
+        for c in 0..bk {
+            let x = &mut s[r * bk + c];
+            if p.visible(i0 + r, j0 + c, seg) {
+                let (v, dv) = cap_f32(p.scale * *x, p.softcap);
+                *x = v;
+                if let Some(d) = dcap.as_deref_mut() {
+                    d[r * bk + c] = dv;
+                }
+            } else {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
 /// The fast forward (what the CPU backend runs). Same contract as `attention_forward`.
-/// Parallel over (batch, query head) pairs. Per query row it keeps the scores of its visible key
-/// range in a (T) buffer and does an exact two-pass softmax in f32 (max, then exp/sum/axpy):
-/// O(T) memory per thread, and fewer exps than the online rescaling the spec does tile by tile.
+/// Parallel over (batch, query head) pairs. Each item runs FlashAttention Alg. 1 with (FAST_BQ,
+/// FAST_BK) blocks on f32: S = Q_blk K_blk^T and O += P V_blk are `gemm` calls, the online
+/// softmax between them is the spec's, row by row. Key blocks no query of the block can see
+/// (causal, window) are skipped. Memory O(T * D) per thread.
 pub fn attention(
     out: &mut [f32],             // (B, T, H, D)
     lse: &mut [f32],             // (B, H, T)
@@ -403,37 +484,51 @@ pub fn attention(
         let qh = gather(&q[b * nt * nh * nd..][..nt * nh * nd], nt, nh, h, nd); // (T, D)
         let kg = gather(&k[b * nt * nkv * nd..][..nt * nkv * nd], nt, nkv, g, nd); // (T, D)
         let vg = gather(&v[b * nt * nkv * nd..][..nt * nkv * nd], nt, nkv, g, nd); // (T, D)
-        let mut o_h = vec![0.0f32; nt * nd]; // (T, D)
+        let mut o_h = vec![0.0f32; nt * nd]; // (T, D) unnormalised, then normalised
         let mut lse_h = vec![LSE_EMPTY_ROW; nt]; // (T)
-        let mut s_row = vec![0.0f32; nt]; // (T) scores of one query, only the key range is used
-        for i in 0..nt {
-            let q_i = &qh[i * nd..][..nd];
-            let range = p.key_range(i);
-            let mut m = f32::NEG_INFINITY;
-            for j in range.clone() {
-                if seg.is_some_and(|s| s[i] != s[j]) {
-                    s_row[j] = f32::NEG_INFINITY; // masked: exp(-inf - m) = 0 below
-                    continue;
+        let mut s = vec![0.0f32; FAST_BQ * FAST_BK]; // (BQ, BK) scores, then probabilities
+        let (mut m, mut l) = ([0.0f32; FAST_BQ], [0.0f32; FAST_BQ]); // running max and sum per row
+        for i0 in (0..nt).step_by(FAST_BQ) {
+            let bq = FAST_BQ.min(nt - i0);
+            m.fill(f32::NEG_INFINITY);
+            l.fill(0.0);
+            let o_blk = &mut o_h[i0 * nd..(i0 + bq) * nd]; // (bq, D)
+            let keys = block_key_range(p, i0, i0 + bq);
+            for j0 in keys.clone().step_by(FAST_BK) {
+                let bk = FAST_BK.min(keys.end - j0);
+                let s = &mut s[..bq * bk];
+                gemm_f32(s, &qh[i0 * nd..], &kg[j0 * nd..], bq, bk, nd, false, true, false);
+                mask_and_cap(s, None, i0, bq, j0, bk, seg, p);
+                for row in 0..bq {
+                    let s_row = &mut s[row * bk..(row + 1) * bk];
+                    let m_tile = s_row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+                    if m_tile == f32::NEG_INFINITY {
+                        s_row.fill(0.0); // nothing visible in this block for this row: adds 0 to O
+                        continue;
+                    }
+                    let m_new = m[row].max(m_tile);
+                    let alpha = (m[row] - m_new).exp(); // 0 on the row's first visible block
+                    let mut sum = 0.0f32;
+                    for x in s_row.iter_mut() {
+                        *x = (*x - m_new).exp(); // exp(-inf) = 0 for masked keys
+                        sum += *x;
+                    }
+                    l[row] = alpha * l[row] + sum;
+                    m[row] = m_new;
+                    o_blk[row * nd..(row + 1) * nd].iter_mut().for_each(|o| *o *= alpha);
                 }
-                let s = cap_f32(p.scale * dot_f32(q_i, &kg[j * nd..][..nd]), p.softcap).0;
-                s_row[j] = s;
-                m = m.max(s);
+                gemm_f32(o_blk, s, &vg[j0 * nd..], bq, nd, bk, false, false, true);
             }
-            if m == f32::NEG_INFINITY {
-                continue; // no visible key: out row stays 0, lse LSE_EMPTY_ROW
-            }
-            let o_i = &mut o_h[i * nd..][..nd];
-            let mut l = 0.0f32;
-            for j in range {
-                let e = (s_row[j] - m).exp();
-                if e > 0.0 {
-                    l += e;
-                    axpy_f32(o_i, e, &vg[j * nd..][..nd]);
+            for row in 0..bq {
+                let o_r = &mut o_blk[row * nd..(row + 1) * nd];
+                if l[row] > 0.0 {
+                    let inv = 1.0 / l[row];
+                    o_r.iter_mut().for_each(|o| *o *= inv);
+                    lse_h[i0 + row] = m[row] + l[row].ln();
+                } else {
+                    o_r.fill(0.0); // no visible key: out 0, lse LSE_EMPTY_ROW
                 }
             }
-            let inv = 1.0 / l;
-            o_i.iter_mut().for_each(|o| *o *= inv);
-            lse_h[i] = m + l.ln();
         }
         let mut guard = sink.lock().unwrap();
         let (out, lse) = &mut *guard;
@@ -446,8 +541,10 @@ pub fn attention(
 
 /// The fast backward (what the CPU backend runs). Same contract as `attention_backward` (+=).
 /// Parallel over (batch, kv head) pairs: an item owns dk, dv of its kv head and dq of the H / KV
-/// query heads that read it, so items never write the same element. Each item accumulates in
-/// private f32 buffers (O(T * D)) and adds them into the outputs under a lock at the end.
+/// query heads that read it, so items never write the same element. Each item runs
+/// FlashAttention-2 Alg. 2 on (FAST_BQ, FAST_BK) blocks with `gemm` for the five products
+///   S = Q K^T,  dV += P^T dO,  dP = dO V^T,  dQ += dS K,  dK += dS^T Q
+/// accumulating in private f32 buffers (O(T * D)), added into the outputs under a lock at the end.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward_fast(
     dq: &mut [f32],              // (B, T, H, D)
@@ -476,33 +573,50 @@ pub fn attention_backward_fast(
     par_items(nb * nkv, |item| {
         let (b, g) = (item / nkv, item % nkv);
         let seg = segment_ids.map(|s| &s[b * nt..(b + 1) * nt]); // (T)
-        let qb = &q[b * nt * nh * nd..][..nt * nh * nd]; // (T, H, D)
+        let q_b = &q[b * nt * nh * nd..][..nt * nh * nd]; // (T, H, D)
+        let do_b = &dout[b * nt * nh * nd..][..nt * nh * nd]; // (T, H, D)
+        let o_b = &out[b * nt * nh * nd..][..nt * nh * nd]; // (T, H, D)
         let kg = gather(&k[b * nt * nkv * nd..][..nt * nkv * nd], nt, nkv, g, nd); // (T, D)
         let vg = gather(&v[b * nt * nkv * nd..][..nt * nkv * nd], nt, nkv, g, nd); // (T, D)
         let mut dk_g = vec![0.0f32; nt * nd]; // (T, D)
         let mut dv_g = vec![0.0f32; nt * nd]; // (T, D)
         let mut dq_g = vec![0.0f32; rep * nt * nd]; // (H/KV, T, D)
+        let mut pm = vec![0.0f32; FAST_BQ * FAST_BK]; // (BQ, BK) P
+        let mut ds = vec![0.0f32; FAST_BQ * FAST_BK]; // (BQ, BK) dP, then dS
+        let mut dcap = vec![0.0f32; FAST_BQ * FAST_BK]; // (BQ, BK) soft-cap derivative
         for r in 0..rep {
             let h = g * rep + r;
-            let qh = gather(qb, nt, nh, h, nd); // (T, D)
-            let doh = gather(&dout[b * nt * nh * nd..][..nt * nh * nd], nt, nh, h, nd); // (T, D)
-            let oh = gather(&out[b * nt * nh * nd..][..nt * nh * nd], nt, nh, h, nd); // (T, D)
+            let qh = gather(q_b, nt, nh, h, nd); // (T, D)
+            let doh = gather(do_b, nt, nh, h, nd); // (T, D)
             let lse_h = &lse[(b * nh + h) * nt..][..nt]; // (T)
-            for i in 0..nt {
-                let (q_i, do_i) = (&qh[i * nd..][..nd], &doh[i * nd..][..nd]);
-                let delta = dot_f32(do_i, &oh[i * nd..][..nd]);
-                let dq_i = &mut dq_g[(r * nt + i) * nd..][..nd];
-                for j in p.key_range(i) {
-                    if seg.is_some_and(|s| s[i] != s[j]) {
-                        continue;
+                                                         // D_i = <dO_i, out_i> (FA-2 preprocessing).
+            let delta: Vec<f32> =
+                (0..nt).map(|i| dot_f32(&do_b[(i * nh + h) * nd..][..nd], &o_b[(i * nh + h) * nd..][..nd])).collect();
+            let dq_h = &mut dq_g[r * nt * nd..(r + 1) * nt * nd]; // (T, D)
+            for i0 in (0..nt).step_by(FAST_BQ) {
+                let bq = FAST_BQ.min(nt - i0);
+                let keys = block_key_range(p, i0, i0 + bq);
+                for j0 in keys.clone().step_by(FAST_BK) {
+                    let bk = FAST_BK.min(keys.end - j0);
+                    let (pm, ds, dcap) = (&mut pm[..bq * bk], &mut ds[..bq * bk], &mut dcap[..bq * bk]);
+                    // P = exp(S - lse), 0 where masked.
+                    gemm_f32(pm, &qh[i0 * nd..], &kg[j0 * nd..], bq, bk, nd, false, true, false);
+                    mask_and_cap(pm, Some(dcap), i0, bq, j0, bk, seg, p);
+                    for row in 0..bq {
+                        for x in &mut pm[row * bk..(row + 1) * bk] {
+                            *x = (*x - lse_h[i0 + row]).exp(); // finite lse, so exp(-inf) = 0
+                        }
                     }
-                    let (k_j, v_j) = (&kg[j * nd..][..nd], &vg[j * nd..][..nd]);
-                    let (s, dcap) = cap_f32(p.scale * dot_f32(q_i, k_j), p.softcap);
-                    let pij = (s - lse_h[i]).exp();
-                    let dr = pij * (dot_f32(do_i, v_j) - delta) * dcap * p.scale;
-                    axpy_f32(&mut dv_g[j * nd..][..nd], pij, do_i);
-                    axpy_f32(&mut dk_g[j * nd..][..nd], dr, q_i);
-                    axpy_f32(dq_i, dr, k_j);
+                    gemm_f32(&mut dv_g[j0 * nd..], pm, &doh[i0 * nd..], bk, nd, bq, true, false, true);
+                    gemm_f32(ds, &doh[i0 * nd..], &vg[j0 * nd..], bq, bk, nd, false, true, false);
+                    for row in 0..bq {
+                        for c in 0..bk {
+                            let e = row * bk + c;
+                            ds[e] = pm[e] * (ds[e] - delta[i0 + row]) * dcap[e] * p.scale;
+                        }
+                    }
+                    gemm_f32(&mut dq_h[i0 * nd..], ds, &kg[j0 * nd..], bq, nd, bk, false, false, true);
+                    gemm_f32(&mut dk_g[j0 * nd..], ds, &qh[i0 * nd..], bk, nd, bq, true, false, true);
                 }
             }
         }
