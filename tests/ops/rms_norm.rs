@@ -53,7 +53,7 @@ fn rms_norm_hand_values() {
     let (out, rstd) = fwd(&[3.0, 4.0], &[2.0, -1.0], 1, 2, 0.0, false);
     assert_close(&rstd, &[s], Tol::EXACT, "rstd");
     // out is x * s * w computed in f64 and rounded once; identical to this expression.
-    assert_close(&out, &[3.0 * s * 2.0, 4.0 * s * -1.0], Tol::EXACT, "out");
+    assert_close(&out, &[3.0 * s * 2.0, -(4.0 * s)], Tol::EXACT, "out");
     // Gemma's form multiplies by (1 + w) = (3, 0).
     let (out1, _) = fwd(&[3.0, 4.0], &[2.0, -1.0], 1, 2, 0.0, true);
     assert_close(&out1, &[3.0 * s * 3.0, 0.0], Tol::EXACT, "out add_one");

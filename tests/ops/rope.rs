@@ -101,13 +101,13 @@ fn rope_half_split_matches_hf_rotate_half() {
     let got = fwd(&x, &pos, &c, b, t, nh);
     let (rot, h) = (8, 4);
     let mut want = x.clone();
-    for n in 0..b * t {
+    for (n, &p) in pos.iter().enumerate() {
         for hd in 0..nh {
             let o = (n * nh + hd) * 12;
             let xh = &x[o..o + 12];
             for j in 0..rot {
                 let freq = 1.0 / 10000f64.powf((2 * (j % h)) as f64 / rot as f64);
-                let a = pos[n] as f64 * freq;
+                let a = p as f64 * freq;
                 let rh = if j < h { -xh[j + h] } else { xh[j - h] };
                 want[o + j] = xh[j] * a.cos() + rh * a.sin();
             }
