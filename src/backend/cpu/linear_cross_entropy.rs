@@ -62,7 +62,10 @@ pub fn ce_count(targets: &[i32]) -> usize {
 
 #[track_caller]
 fn check_target(t: i32, v: usize) {
-    assert!(t == IGNORE_INDEX || (t >= 0 && (t as usize) < v), "linear_cross_entropy: target {t} outside [0, {v}) and not -100");
+    assert!(
+        t == IGNORE_INDEX || (t >= 0 && (t as usize) < v),
+        "linear_cross_entropy: target {t} outside [0, {v}) and not -100"
+    );
 }
 
 /// The logits of one token, in f64: z[j] = (softcapped) h_i · w_j. Returns nothing; fills `z` (V).
@@ -90,9 +93,9 @@ fn logsumexp(z: &[f64]) -> f64 {
 /// in f64, `chunk` tokens at a time (the chunking only bounds memory; it does not change the result).
 #[allow(clippy::too_many_arguments)]
 pub fn linear_cross_entropy_forward<T: Real>(
-    h: &[T],          // (N, C)
-    w: &[T],          // (V, C)
-    targets: &[i32],  // (N)
+    h: &[T],         // (N, C)
+    w: &[T],         // (V, C)
+    targets: &[i32], // (N)
     n: usize,
     c: usize,
     v: usize,
@@ -205,9 +208,9 @@ pub type CeGrad<'a> = (&'a mut [f32], Option<&'a mut [f32]>, f64);
 /// Scratch: chunk * (V + 2C) f32. Same contract as the spec; tested against it.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_cross_entropy(
-    h: &[f32],         // (N, C)
-    w: &[f32],         // (V, C)
-    targets: &[i32],   // (N)
+    h: &[f32],       // (N, C)
+    w: &[f32],       // (V, C)
+    targets: &[i32], // (N)
     n: usize,
     c: usize,
     v: usize,
@@ -216,10 +219,16 @@ pub fn linear_cross_entropy(
     grad: Option<CeGrad<'_>>,
 ) -> CeStats {
     assert!(chunk > 0, "linear_cross_entropy: chunk must be > 0");
-    assert!(h.len() >= n * c && w.len() >= v * c && targets.len() >= n, "linear_cross_entropy: buffer too short");
+    assert!(
+        h.len() >= n * c && w.len() >= v * c && targets.len() >= n,
+        "linear_cross_entropy: buffer too short"
+    );
     let mut grad = grad;
     if let Some((dh, dw, _)) = grad.as_ref() {
-        assert!(dh.len() >= n * c && dw.as_ref().map_or(true, |dw| dw.len() >= v * c), "linear_cross_entropy: grad too short");
+        assert!(
+            dh.len() >= n * c && dw.as_ref().map_or(true, |dw| dw.len() >= v * c),
+            "linear_cross_entropy: grad too short"
+        );
     }
     let grad_scale = grad.as_ref().map(|g| g.2);
     let chunk = chunk.min(n.max(1));
@@ -283,7 +292,10 @@ pub fn linear_cross_entropy(
             }
             if let Some(dw) = dw.as_deref_mut() {
                 // dw (V, C) += dlogits^T (V, rows) · hc (rows, C)
-                let d = MatmulDims { trans_a: true, ..MatmulDims::new(v, c, r) };
+                let d = MatmulDims {
+                    trans_a: true,
+                    ..MatmulDims::new(v, c, r)
+                };
                 matmul(dw, z, hc, None, d, true);
             }
         }
