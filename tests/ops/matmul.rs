@@ -187,8 +187,8 @@ fn packed(ak: usize, bk: usize) -> (usize, usize) {
 fn matmul_fast_vs_spec_single() {
     let mut worst = 0.0f64;
     // 1x1x1; primes; vectors (M = 1, N = 1, K = 1); a reduction of length 0 (out = bias);
-    // 16x16x16 sits at the plain-loop / gemm switch; 65x257x129 is one past gemm's block sizes
-    // (multiples of 8/16/64) and above gemm's threading threshold (48*48*256), so it runs threaded.
+    // 16x16x16 and one below (gemm's register tiles are multiples of 8/16); 65x257x129 is one past
+    // gemm's block sizes and above its threading threshold (48*48*256), so it runs threaded.
     let shapes = [
         (1, 1, 1),
         (7, 13, 17),

@@ -128,10 +128,10 @@ pub fn matmul_backward<T: Real>(
 
 // ---- fast path (f32) --------------------------------------------------------------------------
 
-/// Below this many multiply-adds (M*N*K) the plain loop in `matmul_small` beats gemm, whose fixed cost
-/// (dispatch, packing buffers) is ~1 us. Measured with `cargo bench --bench ops small`: at 8x8x8 gemm is
-/// ~0.3 us and the loop ~0.1 us; at 16x16x16 they are even; above that gemm wins.
-const SMALL_MNK: usize = 16 * 16 * 16;
+// No plain-loop path for small problems: gemm has its own small-size kernels, and measured with
+// `cargo bench --bench ops small` (benches/ops.rs keeps the loop as `small_loop`) it is as fast or
+// faster from 1x1x1 to 16x16x16 in both NN and NT, except NN at 4^3 and 6^3 where the loop saves
+// under 0.2 us a call (0.08 vs 0.25 us).
 
 /// Threads for gemm: all available cores, read once. gemm itself falls back to one thread when a
 /// problem is too small to split (its `threading_threshold`).
@@ -205,15 +205,10 @@ pub fn matmul(
 
     let (a_rs, a_cs) = strides(d.trans_a, m, k);
     let (b_rs, b_cs) = strides(d.trans_b, k, n);
-    let small = m * n * k < SMALL_MNK;
     for bt in 0..d.batch {
         let a_item = &a[bt * d.a_stride..bt * d.a_stride + m * k];
         let b_item = &b[bt * d.b_stride..bt * d.b_stride + k * n];
         let o_item = &mut out[bt * m * n..(bt + 1) * m * n];
-        if small {
-            matmul_small(o_item, a_item, (a_rs, a_cs), b_item, (b_rs, b_cs), m, n, k, read_out);
-            continue;
-        }
         // SAFETY: every index gemm forms is i*rs + p*cs with i < rows and p < cols of the logical
         // matrix, and the strides above map exactly those onto the m*k, k*n and m*n elements of the
         // item slices, whose lengths were checked. out does not alias a or b (&mut vs &).
@@ -239,34 +234,6 @@ pub fn matmul(
                 false,
                 parallelism(),
             );
-        }
-    }
-}
-
-/// Plain-loop matmul for tiny items (see `SMALL_MNK`): out (M, N) (+)= op(A) · op(B), f32 sums.
-#[allow(clippy::too_many_arguments)]
-fn matmul_small(
-    out: &mut [f32], // (M, N)
-    a: &[f32],       // op(A) is (M, K), strides (rs, cs)
-    (a_rs, a_cs): (isize, isize),
-    b: &[f32], // op(B) is (K, N), strides (rs, cs)
-    (b_rs, b_cs): (isize, isize),
-    m: usize,
-    n: usize,
-    k: usize,
-    read_out: bool,
-) {
-    let (a_rs, a_cs, b_rs, b_cs) = (a_rs as usize, a_cs as usize, b_rs as usize, b_cs as usize);
-    for i in 0..m {
-        let row = &mut out[i * n..(i + 1) * n];
-        if !read_out {
-            row.fill(0.0);
-        }
-        for p in 0..k {
-            let av = a[i * a_rs + p * a_cs];
-            for (j, o) in row.iter_mut().enumerate() {
-                *o += av * b[p * b_rs + j * b_cs];
-            }
         }
     }
 }
