@@ -8,6 +8,12 @@
 //!   out: (M, N)
 //! `a_stride` / `b_stride` are elements between batch items; 0 broadcasts one matrix to every item.
 //! Contract easy to miss: `accumulate = true` means out += result (used by backward), else out = result.
+//!
+//! The fast path (`matmul`, `matmul_backward_fast`, f32 only) hands each batch item to the `gemm`
+//! crate (https://github.com/sarah-quinones/gemm: packed SIMD microkernels, threads through rayon).
+//! gemm takes a row stride and a column stride per operand, so a transpose is only a swap of the two
+//! strides: nothing is copied. It sums in f32 in a blocked order, so it differs from the f64 spec by
+//! about sqrt(K) * eps * sum_p |A[i,p]| |B[p,j]| (the test measures and bounds this).
 
 use super::real::Real;
 
@@ -120,7 +126,181 @@ pub fn matmul_backward<T: Real>(
     }
 }
 
-/// The fastest CPU matmul (f32). Same contract as `matmul_forward`.
-pub fn matmul(out: &mut [f32], a: &[f32], b: &[f32], bias: Option<&[f32]>, d: MatmulDims, accumulate: bool) {
-    matmul_forward(out, a, b, bias, d, accumulate)
+// ---- fast path (f32) --------------------------------------------------------------------------
+
+// No plain-loop path for small problems: gemm has its own small-size kernels, and measured with
+// `cargo bench --bench ops small` (benches/ops.rs keeps the loop as `small_loop`) it is as fast or
+// faster from 1x1x1 to 16x16x16 in both NN and NT, except NN at 4^3 and 6^3 where the loop saves
+// under 0.2 us a call (0.08 vs 0.25 us).
+
+/// Threads for gemm: all available cores, read once. gemm itself falls back to one thread when a
+/// problem is too small to split (its `threading_threshold`).
+fn parallelism() -> gemm::Parallelism {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let n = *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if n > 1 {
+        gemm::Parallelism::Rayon(n)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// (row stride, column stride) of op(X) for a row-major matrix X stored as (rows, cols), or as
+/// (cols, rows) when `trans`. `rows`/`cols` are the logical (op(X)) dims.
+fn strides(trans: bool, rows: usize, cols: usize) -> (isize, isize) {
+    if trans {
+        (1, rows as isize)
+    } else {
+        (cols as isize, 1)
+    }
+}
+
+/// The fastest CPU matmul (f32). Same contract as `matmul_forward`:
+/// out[b, i, j] (+)= sum_p op(A)[b, i, p] * op(B)[b, p, j] + bias[j].
+/// Panics (never UB) when a slice is shorter than the dims say.
+pub fn matmul(
+    out: &mut [f32],      // (batch, M, N)
+    a: &[f32],            // per item (M, K), or (K, M) with trans_a; items a_stride apart
+    b: &[f32],            // per item (K, N), or (N, K) with trans_b; items b_stride apart
+    bias: Option<&[f32]>, // (N)
+    d: MatmulDims,
+    accumulate: bool,
+) {
+    let (m, n, k) = (d.m, d.n, d.k);
+    assert!(out.len() >= d.batch * m * n, "matmul: out has {} elements, need {}", out.len(), d.batch * m * n);
+    if d.batch == 0 || m == 0 || n == 0 {
+        return;
+    }
+    assert!(a.len() >= (d.batch - 1) * d.a_stride + m * k, "matmul: a too short for {d:?}");
+    assert!(b.len() >= (d.batch - 1) * d.b_stride + k * n, "matmul: b too short for {d:?}");
+    if let Some(bias) = bias {
+        assert!(bias.len() >= n, "matmul: bias has {} elements, need {n}", bias.len());
+    }
+    let out = &mut out[..d.batch * m * n];
+
+    // One weight shared by every item and A's items packed back to back: the batch is just more
+    // rows, (batch*M, K) · (K, N), which gives gemm one large problem instead of `batch` small ones.
+    if d.batch > 1 && d.b_stride == 0 && !d.trans_a && d.a_stride == m * k {
+        let flat = MatmulDims { batch: 1, m: d.batch * m, a_stride: d.batch * m * k, ..d };
+        return matmul(out, a, b, bias, flat, accumulate);
+    }
+
+    // Seed out with what gemm adds onto: the bias (on top of the old out when accumulating).
+    let read_out = accumulate || bias.is_some();
+    if let Some(bias) = bias {
+        for row in out.chunks_exact_mut(n) {
+            if accumulate {
+                row.iter_mut().zip(bias).for_each(|(o, &c)| *o += c);
+            } else {
+                row.copy_from_slice(&bias[..n]);
+            }
+        }
+    }
+    if k == 0 {
+        if !read_out {
+            out.fill(0.0);
+        }
+        return;
+    }
+
+    let (a_rs, a_cs) = strides(d.trans_a, m, k);
+    let (b_rs, b_cs) = strides(d.trans_b, k, n);
+    for bt in 0..d.batch {
+        let a_item = &a[bt * d.a_stride..bt * d.a_stride + m * k];
+        let b_item = &b[bt * d.b_stride..bt * d.b_stride + k * n];
+        let o_item = &mut out[bt * m * n..(bt + 1) * m * n];
+        // SAFETY: every index gemm forms is i*rs + p*cs with i < rows and p < cols of the logical
+        // matrix, and the strides above map exactly those onto the m*k, k*n and m*n elements of the
+        // item slices, whose lengths were checked. out does not alias a or b (&mut vs &).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                o_item.as_mut_ptr(),
+                1,          // dst column stride
+                n as isize, // dst row stride
+                read_out,   // false: dst = A·B (old values, even NaN, are never read)
+                a_item.as_ptr(),
+                a_cs,
+                a_rs,
+                b_item.as_ptr(),
+                b_cs,
+                b_rs,
+                1.0, // alpha: dst = alpha*dst + beta*A·B
+                1.0, // beta
+                false,
+                false,
+                false,
+                parallelism(),
+            );
+        }
+    }
+}
+
+/// Backward of `matmul` (f32), same contract as `matmul_backward` (every output accumulates, +=),
+/// built from `matmul` calls with the transposes folded into the dims:
+///   dA (M,K) = dC · op(B)^T            or, stored (K,M) with trans_a:  op(B) · dC^T
+///   dB (K,N) = op(A)^T · dC            or, stored (N,K) with trans_b:  dC^T · op(A)
+///   dbias    = sum over batch and rows of dC, in the spec's order (bit-identical to the spec)
+/// A broadcast operand (stride 0) receives the sum over the batch.
+pub fn matmul_backward_fast(
+    da: Option<&mut [f32]>,    // like A
+    db: Option<&mut [f32]>,    // like B
+    dbias: Option<&mut [f32]>, // (N)
+    dc: &[f32],                // (batch, M, N)
+    a: &[f32],                 // like A in the forward
+    b: &[f32],                 // like B in the forward
+    d: MatmulDims,
+) {
+    let (m, n, k) = (d.m, d.n, d.k);
+    assert!(dc.len() >= d.batch * m * n, "matmul_backward_fast: dc too short for {d:?}");
+    let one = |m, n, k, trans_a, trans_b| MatmulDims { batch: 1, m, n, k, trans_a, trans_b, a_stride: 0, b_stride: 0 };
+    if let Some(da) = da {
+        // A stored items back to back and B shared: all items at once, (batch*M, N) · op(B)^T.
+        if d.batch > 1 && d.b_stride == 0 && !d.trans_a && d.a_stride == m * k {
+            let dims = one(d.batch * m, k, n, false, !d.trans_b);
+            matmul(&mut da[..d.batch * m * k], dc, b, None, dims, true);
+        } else {
+            for bt in 0..d.batch {
+                let dc_b = &dc[bt * m * n..(bt + 1) * m * n];
+                let b_b = &b[bt * d.b_stride..];
+                let da_b = &mut da[bt * d.a_stride..bt * d.a_stride + m * k];
+                if d.trans_a {
+                    matmul(da_b, b_b, dc_b, None, one(k, m, n, d.trans_b, true), true);
+                } else {
+                    matmul(da_b, dc_b, b_b, None, one(m, k, n, false, !d.trans_b), true);
+                }
+            }
+        }
+    }
+    if let Some(db) = db {
+        // B shared and A's items back to back: dB sums over the batch, which is one product with
+        // K' = batch*M: op(A_flat)^T · dC_flat.
+        if d.batch > 1 && d.b_stride == 0 && !d.trans_a && d.a_stride == m * k {
+            let km = d.batch * m;
+            if d.trans_b {
+                matmul(&mut db[..n * k], dc, a, None, one(n, k, km, true, false), true);
+            } else {
+                matmul(&mut db[..k * n], a, dc, None, one(k, n, km, true, false), true);
+            }
+        } else {
+            for bt in 0..d.batch {
+                let dc_b = &dc[bt * m * n..(bt + 1) * m * n];
+                let a_b = &a[bt * d.a_stride..];
+                let db_b = &mut db[bt * d.b_stride..bt * d.b_stride + k * n];
+                if d.trans_b {
+                    matmul(db_b, dc_b, a_b, None, one(n, k, m, true, d.trans_a), true);
+                } else {
+                    matmul(db_b, a_b, dc_b, None, one(k, n, m, !d.trans_a, false), true);
+                }
+            }
+        }
+    }
+    if let Some(dbias) = dbias {
+        let dbias = &mut dbias[..n];
+        for row in dc[..d.batch * m * n].chunks_exact(n.max(1)) {
+            dbias.iter_mut().zip(row).for_each(|(g, &r)| *g += r);
+        }
+    }
 }
