@@ -47,3 +47,28 @@ impl DequantRows for DenseRows<'_> {
         self.data.len() * 4
     }
 }
+
+/// An owned dense f32 matrix as a frozen weight.
+pub struct F32Matrix {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl DequantRows for F32Matrix {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        out.copy_from_slice(&self.data[r * self.cols..(r + 1) * self.cols]);
+    }
+    fn format_name(&self) -> String {
+        "f32".into()
+    }
+    fn storage_bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+}

@@ -54,48 +54,13 @@ fn adamw_scalar_steps_by_hand() {
     for (wd, want) in cases {
         let (mut p, mut m, mut v) = ([1.0f32], [0.0f32], [0.0f32]);
         for t in 0..3 {
-            adamw_step(
-                &mut p,
-                &[grads[t]],
-                &mut m,
-                &mut v,
-                0.1,
-                B1,
-                B2,
-                EPS,
-                wd,
-                t as u64 + 1,
-            );
+            adamw_step(&mut p, &[grads[t]], &mut m, &mut v, 0.1, B1, B2, EPS, wd, t as u64 + 1);
             // f32 state rounded once per step (rel 6e-8 each) over 3 steps: 1e-6 relative is ample
             // and still 100x below the step size, so a wrong formula cannot pass.
-            assert_close(
-                &p,
-                &[want[t]],
-                Tol {
-                    abs: 0.0,
-                    rel: 1e-6,
-                },
-                &format!("param wd={wd} step {}", t + 1),
-            );
+            assert_close(&p, &[want[t]], Tol { abs: 0.0, rel: 1e-6 }, &format!("param wd={wd} step {}", t + 1));
         }
-        assert_close(
-            &m,
-            &[0.218],
-            Tol {
-                abs: 0.0,
-                rel: 1e-6,
-            },
-            "m after 3 steps",
-        );
-        assert_close(
-            &v,
-            &[0.00431193775],
-            Tol {
-                abs: 0.0,
-                rel: 1e-6,
-            },
-            "v after 3 steps",
-        );
+        assert_close(&m, &[0.218], Tol { abs: 0.0, rel: 1e-6 }, "m after 3 steps");
+        assert_close(&v, &[0.00431193775], Tol { abs: 0.0, rel: 1e-6 }, "v after 3 steps");
     }
 }
 
@@ -111,65 +76,36 @@ fn adamw_matches_f64_reference() {
     let mut rng = Rng::new(77);
     for wd in [0.0, 0.1] {
         let p0 = rand_f64(&mut rng, n, -1.0, 1.0);
-        let mut r = RefAdamW {
-            p: p0.clone(),
-            m: vec![0.0; n],
-            v: vec![0.0; n],
-            t: 0,
-        };
+        let mut r = RefAdamW { p: p0.clone(), m: vec![0.0; n], v: vec![0.0; n], t: 0 };
         let (mut p, mut m, mut v) = (to_f32(&p0), vec![0.0f32; n], vec![0.0f32; n]);
         let mut worst = 0.0f64;
         for step in 1..=5u64 {
             // gradient scales from 1e-4 to 1e2: tiny and large gradients in the same tensor
-            let g: Vec<f32> = (0..n)
-                .map(|i| rng.uniform(-1.0, 1.0) * gscale(i) as f32)
-                .collect();
+            let g: Vec<f32> = (0..n).map(|i| rng.uniform(-1.0, 1.0) * gscale(i) as f32).collect();
             adamw_step(&mut p, &g, &mut m, &mut v, 1e-2, B1, B2, EPS, wd, step);
             r.step(&to_f64(&g), 1e-2, wd);
             // Only the f32 storage of param/m/v differs from the reference: a few ulp of |param| <= ~1.
             // Measured max abs err 1.3e-7; allow 1e-6 abs (1% of lr = 1e-2, far below one update).
-            assert_close(
-                &p,
-                &r.p,
-                Tol {
-                    abs: 1e-6,
-                    rel: 0.0,
-                },
-                &format!("param wd={wd} step {step}"),
-            );
+            assert_close(&p, &r.p, Tol { abs: 1e-6, rel: 0.0 }, &format!("param wd={wd} step {step}"));
             // The moments can cancel (m = 0.9 m + 0.1 g with g of the other sign), so compare them
             // relative to their element's gradient scale s_i: the f32 rounding of the stored m
             // (6e-8 of |m| ~ s_i) is then ~1e-7 of s_i. Allow 1e-6.
             let unit = |x: &[f64], pow: i32| -> Vec<f64> {
-                x.iter()
-                    .enumerate()
-                    .map(|(i, &x)| x / gscale(i).powi(pow))
-                    .collect()
+                x.iter().enumerate().map(|(i, &x)| x / gscale(i).powi(pow)).collect()
             };
             assert_close(
                 &unit(&to_f64(&m), 1),
                 &unit(&r.m, 1),
-                Tol {
-                    abs: 1e-6,
-                    rel: 0.0,
-                },
+                Tol { abs: 1e-6, rel: 0.0 },
                 &format!("m wd={wd} step {step}"),
             );
             assert_close(
                 &unit(&to_f64(&v), 2),
                 &unit(&r.v, 2),
-                Tol {
-                    abs: 1e-6,
-                    rel: 0.0,
-                },
+                Tol { abs: 1e-6, rel: 0.0 },
                 &format!("v wd={wd} step {step}"),
             );
-            worst = worst.max(
-                p.iter()
-                    .zip(&r.p)
-                    .map(|(a, b)| (*a as f64 - b).abs())
-                    .fold(0.0, f64::max),
-            );
+            worst = worst.max(p.iter().zip(&r.p).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max));
         }
         eprintln!("adamw vs f64 reference, wd={wd}: max abs param err {worst:e}");
     }
@@ -189,27 +125,11 @@ fn adamw_weight_decay_is_decoupled() {
     };
     let (p_wd, m_wd, v_wd) = run(wd);
     let (p_0, m_0, v_0) = run(0.0);
-    assert_eq!(
-        (m_wd, v_wd),
-        (m_0, v_0),
-        "weight decay leaked into the moments"
-    );
-    let diff: Vec<f64> = p_wd
-        .iter()
-        .zip(&p_0)
-        .map(|(a, b)| *a as f64 - *b as f64)
-        .collect();
+    assert_eq!((m_wd, v_wd), (m_0, v_0), "weight decay leaked into the moments");
+    let diff: Vec<f64> = p_wd.iter().zip(&p_0).map(|(a, b)| *a as f64 - *b as f64).collect();
     let want: Vec<f64> = p0.iter().map(|&p| -lr * wd * p as f64).collect();
     // f32 params near 2: one ulp 2.4e-7 on each of the two values.
-    assert_close(
-        &diff,
-        &want,
-        Tol {
-            abs: 5e-7,
-            rel: 0.0,
-        },
-        "decay difference",
-    );
+    assert_close(&diff, &want, Tol { abs: 5e-7, rel: 0.0 }, "decay difference");
     // Zero gradient, zero state, no decay: the param does not move at all (0 / (0 + eps) = 0).
     let (mut p, mut m, mut v) = (p0, [0.0f32; 4], [0.0f32; 4]);
     adamw_step(&mut p, &[0.0; 4], &mut m, &mut v, lr, B1, B2, EPS, 0.0, 1);
@@ -231,11 +151,7 @@ fn adamw_first_step_is_lr_sign_g() {
         // Deviation from lr * sign(g): lr * eps / |g| (<= 1e-8 here) plus the f32 rounding of
         // param = 0.25 (ulp 3e-8).
         let tol = lr * EPS / (g[i] as f64).abs() + 3e-8;
-        assert!(
-            (update - want).abs() <= tol,
-            "g = {}: update {update:e}, want {want:e}",
-            g[i]
-        );
+        assert!((update - want).abs() <= tol, "g = {}: update {update:e}, want {want:e}", g[i]);
     }
 }
 
@@ -274,10 +190,7 @@ fn adamw_non_finite_gradients_detected() {
         g[36] = bad;
         let sq = grad_norm_sq(&[&ok, &g]);
         assert!(!sq.is_finite(), "{bad} not detected: {sq}");
-        assert!(
-            clip_scale(sq.sqrt(), 1.0).is_nan(),
-            "clip_scale of a non-finite norm must be NaN"
-        );
+        assert!(clip_scale(sq.sqrt(), 1.0).is_nan(), "clip_scale of a non-finite norm must be NaN");
     }
     // The largest finite f32 values square and sum without overflowing f64: still finite.
     let big = vec![f32::MAX; 1000];

@@ -5,8 +5,7 @@
 
 use crate::common::*;
 use loraforge::backend::cpu::dropout::{
-    dropout_backward, dropout_bits, dropout_forward, dropout_keep, dropout_scale, dropout_uniform,
-    philox4x32_10,
+    dropout_backward, dropout_bits, dropout_forward, dropout_keep, dropout_scale, dropout_uniform, philox4x32_10,
 };
 use loraforge::rng::Rng;
 
@@ -15,16 +14,8 @@ use loraforge::rng::Rng;
 #[test]
 fn dropout_philox_known_answers() {
     let kat: [([u32; 4], [u32; 2], [u32; 4]); 3] = [
-        (
-            [0, 0, 0, 0],
-            [0, 0],
-            [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8],
-        ),
-        (
-            [u32::MAX; 4],
-            [u32::MAX; 2],
-            [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd],
-        ),
+        ([0, 0, 0, 0], [0, 0], [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]),
+        ([u32::MAX; 4], [u32::MAX; 2], [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]),
         (
             [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344],
             [0xa4093822, 0x299f31d0],
@@ -32,11 +23,7 @@ fn dropout_philox_known_answers() {
         ),
     ];
     for (ctr, key, want) in kat {
-        assert_eq!(
-            philox4x32_10(ctr, key),
-            want,
-            "philox4x32_10({ctr:08x?}, {key:08x?})"
-        );
+        assert_eq!(philox4x32_10(ctr, key), want, "philox4x32_10({ctr:08x?}, {key:08x?})");
     }
 }
 
@@ -61,17 +48,9 @@ const BITS_KAT: [(u64, u64, u32); 10] = [
 #[test]
 fn dropout_bits_known_answers() {
     for (seed, j, want) in BITS_KAT {
-        assert_eq!(
-            dropout_bits(seed, j),
-            want,
-            "bits(seed={seed:#x}, j={j:#x})"
-        );
+        assert_eq!(dropout_bits(seed, j), want, "bits(seed={seed:#x}, j={j:#x})");
         let u = dropout_uniform(seed, j);
-        assert_eq!(
-            u,
-            (want >> 8) as f32 / 16_777_216.0,
-            "uniform(seed={seed:#x}, j={j:#x})"
-        );
+        assert_eq!(u, (want >> 8) as f32 / 16_777_216.0, "uniform(seed={seed:#x}, j={j:#x})");
         // keep is exactly "u >= p": at p = u it is kept, one f32 step above it is not.
         assert!(dropout_keep(seed, j, u));
         assert!(!dropout_keep(seed, j, u + 1.0 / 16_777_216.0));
@@ -89,25 +68,12 @@ fn mask(p: f32, seed: u64, offset: u64, n: usize) -> Vec<bool> {
 fn dropout_reproducible_and_seed_dependent() {
     let n = 10_007; // prime: the last group of 4 is partial
     let a = mask(0.5, 1234, 0, n);
-    assert_eq!(
-        a,
-        mask(0.5, 1234, 0, n),
-        "same seed, same offset, different mask"
-    );
+    assert_eq!(a, mask(0.5, 1234, 0, n), "same seed, same offset, different mask");
     // Two independent masks at p = 0.5 agree on ~half the elements; identical would be 1 in 2^n.
     let differ = |b: &[bool]| a.iter().zip(b).filter(|(x, y)| x != y).count();
-    assert!(
-        differ(&mask(0.5, 1235, 0, n)) > n / 4,
-        "seed 1234 and 1235 give near-identical masks"
-    );
-    assert!(
-        differ(&mask(0.5, 1234 + (1 << 32), 0, n)) > n / 4,
-        "the high seed word is ignored"
-    );
-    assert!(
-        differ(&mask(0.5, 1234, n as u64, n)) > n / 4,
-        "offset is ignored"
-    );
+    assert!(differ(&mask(0.5, 1235, 0, n)) > n / 4, "seed 1234 and 1235 give near-identical masks");
+    assert!(differ(&mask(0.5, 1234 + (1 << 32), 0, n)) > n / 4, "the high seed word is ignored");
+    assert!(differ(&mask(0.5, 1234, n as u64, n)) > n / 4, "offset is ignored");
 }
 
 /// Any offset (aligned to the groups of 4 or not, across the 2^32 carry, wrapping at 2^64) gives
@@ -120,19 +86,11 @@ fn dropout_offset_is_a_counter() {
     for offset in [0u64, 1, 2, 3, 5, (1 << 32) - 3, u64::MAX - 10] {
         let m = mask(p, 99, offset, n);
         for (i, &kept) in m.iter().enumerate() {
-            assert_eq!(
-                kept,
-                dropout_keep(99, offset.wrapping_add(i as u64), p),
-                "offset {offset} element {i}"
-            );
+            assert_eq!(kept, dropout_keep(99, offset.wrapping_add(i as u64), p), "offset {offset} element {i}");
         }
         for k in [1u64, 2, 3, 4, 7] {
             let earlier = mask(p, 99, offset.wrapping_sub(k), n + k as usize);
-            assert_eq!(
-                &earlier[k as usize..],
-                &m[..],
-                "offset {offset} shifted by {k}"
-            );
+            assert_eq!(&earlier[k as usize..], &m[..], "offset {offset} shifted by {k}");
         }
     }
 }
@@ -152,21 +110,13 @@ fn dropout_keep_rate_within_binomial_bound() {
         let mut kept = 0usize;
         for i in 0..n {
             let k = dropout_keep(seed, 12345 + i as u64, p);
-            assert_eq!(
-                out[i],
-                if k { x[i] * scale } else { 0.0 },
-                "p={p} element {i}"
-            );
+            assert_eq!(out[i], if k { x[i] * scale } else { 0.0 }, "p={p} element {i}");
             kept += k as usize;
         }
         let (nf, pf) = (n as f64, p as f64);
         let sigma = (nf * pf * (1.0 - pf)).sqrt();
         let dev = kept as f64 - nf * (1.0 - pf);
-        assert!(
-            dev.abs() <= 6.0 * sigma,
-            "p={p}: kept {kept} of {n}, {:.1} sigma from the mean",
-            dev / sigma
-        );
+        assert!(dev.abs() <= 6.0 * sigma, "p={p}: kept {kept} of {n}, {:.1} sigma from the mean", dev / sigma);
     }
 }
 
@@ -179,34 +129,19 @@ fn dropout_neighbours_independent() {
     let m = mask(0.5, 31337, 0, n);
     // (name, first element of the first pair, distance between pairs)
     for (name, first, step) in [("within a group", 0usize, 2usize), ("across groups", 3, 4)] {
-        let pairs: Vec<(bool, bool)> = (first..n - 1)
-            .step_by(step)
-            .map(|i| (m[i], m[i + 1]))
-            .collect();
+        let pairs: Vec<(bool, bool)> = (first..n - 1).step_by(step).map(|i| (m[i], m[i + 1])).collect();
         let both = pairs.iter().filter(|(a, b)| *a && *b).count() as f64;
         let np = pairs.len() as f64;
         let sigma = (np * 0.25 * 0.75).sqrt();
         let dev = both - np * 0.25;
-        assert!(
-            dev.abs() <= 6.0 * sigma,
-            "{name}: both kept {both} of {np} pairs, {:.1} sigma",
-            dev / sigma
-        );
+        assert!(dev.abs() <= 6.0 * sigma, "{name}: both kept {both} of {np} pairs, {:.1} sigma", dev / sigma);
     }
 }
 
 #[test]
 fn dropout_p0_is_identity_bit_exact() {
     // NaN with a payload, -0, a subnormal, infinities: all must come through untouched.
-    let x = [
-        f32::from_bits(0x7fc0_1234),
-        -0.0,
-        f32::from_bits(1),
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        3.5,
-        -1e-30,
-    ];
+    let x = [f32::from_bits(0x7fc0_1234), -0.0, f32::from_bits(1), f32::INFINITY, f32::NEG_INFINITY, 3.5, -1e-30];
     let mut out = [0.0f32; 7];
     dropout_forward(&mut out, &x, 0.0, 1, 2);
     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
@@ -221,22 +156,16 @@ fn dropout_p0_is_identity_bit_exact() {
 #[test]
 fn dropout_backward_matches_forward() {
     let mut rng = Rng::new(11);
-    for (n, p, seed, offset) in [
-        (1usize, 0.5f32, 3u64, 0u64),
-        (13, 0.1, 4, 7),
-        (257, 0.5, 5, 1 << 33),
-        (1031, 0.9, 6, 2),
-    ] {
+    for (n, p, seed, offset) in
+        [(1usize, 0.5f32, 3u64, 0u64), (13, 0.1, 4, 7), (257, 0.5, 5, 1 << 33), (1031, 0.9, 6, 2)]
+    {
         // Exact check in f32.
         let dout = rand_f32(&mut rng, n, -1.0, 1.0);
         let mut fwd = vec![0.0f32; n];
         dropout_forward(&mut fwd, &dout, p, seed, offset);
         let mut dx = vec![0.0f32; n];
         dropout_backward(&mut dx, &dout, p, seed, offset);
-        assert_eq!(
-            dx, fwd,
-            "n={n} p={p}: backward != forward on the same (seed, offset)"
-        );
+        assert_eq!(dx, fwd, "n={n} p={p}: backward != forward on the same (seed, offset)");
         // Accumulation: a second call adds the same again.
         dropout_backward(&mut dx, &dout, p, seed, offset);
         let twice: Vec<f32> = fwd.iter().map(|v| v + v).collect();

@@ -2,9 +2,7 @@
 //! finite differences in f64, the DequantRows path against the dense path, and id range asserts.
 
 use crate::common::*;
-use loraforge::backend::cpu::embedding::{
-    embedding_backward, embedding_forward, embedding_forward_rows,
-};
+use loraforge::backend::cpu::embedding::{embedding_backward, embedding_forward, embedding_forward_rows};
 use loraforge::quant::{DenseRows, DequantRows};
 use loraforge::rng::Rng;
 
@@ -25,12 +23,7 @@ fn embedding_forward_copies_rows() {
         embedding_forward(&mut out, &ids, &table, c);
         for (k, &id) in ids.iter().enumerate() {
             let want = &table[id as usize * c..(id as usize + 1) * c];
-            assert_close(
-                &out[k * c..(k + 1) * c],
-                want,
-                Tol::EXACT,
-                &format!("token {k} (id {id})"),
-            );
+            assert_close(&out[k * c..(k + 1) * c], want, Tol::EXACT, &format!("token {k} (id {id})"));
         }
     }
 }
@@ -39,9 +32,7 @@ fn embedding_forward_copies_rows() {
 fn embedding_backward_scatter_adds_repeated_ids() {
     // ids (2, 0, 2, 2): row 2 gets the sum of three gradient rows, row 0 one, row 1 nothing.
     let c = 3;
-    let dout = [
-        1.0f32, 2.0, 3.0, 10.0, 20.0, 30.0, 100.0, 200.0, 300.0, 0.5, 0.25, 0.125,
-    ];
+    let dout = [1.0f32, 2.0, 3.0, 10.0, 20.0, 30.0, 100.0, 200.0, 300.0, 0.5, 0.25, 0.125];
     let mut dtable = vec![1.0f32; 3 * c]; // non-zero start: the backward accumulates
     embedding_backward(&mut dtable, &dout, &[2, 0, 2, 2], c);
     let want = [11.0f32, 21.0, 31.0, 1.0, 1.0, 1.0, 102.5, 203.25, 304.125];
@@ -63,12 +54,7 @@ fn embedding_backward_matches_finite_differences() {
             embedding_forward(&mut out, &ids, t, c);
             dot(&out, &r)
         });
-        assert_close(
-            &dtable,
-            &fd,
-            Tol::FD64,
-            &format!("dtable v={v} c={c} n={n}"),
-        );
+        assert_close(&dtable, &fd, Tol::FD64, &format!("dtable v={v} c={c} n={n}"));
     }
 }
 
@@ -88,10 +74,7 @@ impl DequantRows for RowScaledI8 {
         self.cols
     }
     fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        for (o, &q) in out
-            .iter_mut()
-            .zip(&self.codes[r * self.cols..(r + 1) * self.cols])
-        {
+        for (o, &q) in out.iter_mut().zip(&self.codes[r * self.cols..(r + 1) * self.cols]) {
             *o = q as f32 * self.scales[r];
         }
     }
@@ -112,21 +95,11 @@ fn embedding_forward_rows_matches_dense() {
         let table = rand_f32(&mut rng, v * c, -1.0, 1.0);
         let (mut a, mut b) = (vec![f32::NAN; n * c], vec![f32::NAN; n * c]);
         embedding_forward(&mut a, &ids, &table, c);
-        embedding_forward_rows(
-            &mut b,
-            &ids,
-            &DenseRows {
-                data: &table,
-                rows: v,
-                cols: c,
-            },
-        );
+        embedding_forward_rows(&mut b, &ids, &DenseRows { data: &table, rows: v, cols: c });
         assert_close(&b, &a, Tol::EXACT, &format!("dense v={v} c={c}"));
         // Quantized: equal to the forward over the dequantized table.
         let q = RowScaledI8 {
-            codes: (0..v * c)
-                .map(|_| (rng.below(255) as i32 - 127) as i8)
-                .collect(),
+            codes: (0..v * c).map(|_| (rng.below(255) as i32 - 127) as i8).collect(),
             scales: rand_f32(&mut rng, v, 0.001, 0.1),
             cols: c,
         };
@@ -159,13 +132,5 @@ fn embedding_backward_asserts_id_range() {
 fn embedding_forward_rows_asserts_id_range() {
     let table = [0.0f32; 6];
     let mut out = vec![0.0f32; 2];
-    embedding_forward_rows(
-        &mut out,
-        &[7],
-        &DenseRows {
-            data: &table,
-            rows: 3,
-            cols: 2,
-        },
-    );
+    embedding_forward_rows(&mut out, &[7], &DenseRows { data: &table, rows: 3, cols: 2 });
 }

@@ -37,15 +37,7 @@ fn gelu_tanh_known_values() {
     // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) at 1 and -2 (python math, f64; PyTorch
     // F.gelu(torch.tensor(1.0), approximate='tanh') prints 0.8412).
     let got = [gelu_tanh(0.0f64), gelu_tanh(1.0), gelu_tanh(-2.0)];
-    assert_close(
-        &got,
-        &[0.0, 0.8411919906082768, -0.04540230591222494],
-        Tol {
-            abs: 0.0,
-            rel: 1e-15,
-        },
-        "gelu",
-    );
+    assert_close(&got, &[0.0, 0.8411919906082768, -0.04540230591222494], Tol { abs: 0.0, rel: 1e-15 }, "gelu");
     assert_eq!(gelu_tanh_grad(0.0f64), 0.5);
 }
 
@@ -54,25 +46,10 @@ fn gelu_tanh_grad_is_continuous_at_the_saturation_shortcut() {
     // Just inside |x| = 10 the formula already gives 1 (x > 0) or ~0 (x < 0): the shortcut
     // changes the derivative by less than 1e-30.
     for x in [9.999_999f64, 10.0] {
-        assert!(
-            (gelu_tanh_grad(x) - 1.0).abs() < 1e-30,
-            "gelu'({x}) = {}",
-            gelu_tanh_grad(x)
-        );
-        assert!(
-            gelu_tanh_grad(-x).abs() < 1e-30,
-            "gelu'({}) = {}",
-            -x,
-            gelu_tanh_grad(-x)
-        );
+        assert!((gelu_tanh_grad(x) - 1.0).abs() < 1e-30, "gelu'({x}) = {}", gelu_tanh_grad(x));
+        assert!(gelu_tanh_grad(-x).abs() < 1e-30, "gelu'({}) = {}", -x, gelu_tanh_grad(-x));
     }
-    assert_eq!(
-        (
-            gelu_tanh_grad(10.000_001f64),
-            gelu_tanh_grad(-10.000_001f64)
-        ),
-        (1.0, 0.0)
-    );
+    assert_eq!((gelu_tanh_grad(10.000_001f64), gelu_tanh_grad(-10.000_001f64)), (1.0, 0.0));
 }
 
 #[test]
@@ -92,13 +69,7 @@ fn gelu_tanh_edge_values_are_finite_and_saturate() {
     let (mut out, mut dg, mut du) = ([1.0f32; 3], [0.0f32; 3], [0.0f32; 3]);
     geglu_forward(&mut out, &[0.0, 5.0, -0.0], &[3.0, 0.0, 2.0]);
     assert_eq!(out, [0.0, 0.0, 0.0]);
-    geglu_backward(
-        &mut dg,
-        &mut du,
-        &[1.0; 3],
-        &[0.0, 5.0, -0.0],
-        &[3.0, 0.0, 2.0],
-    );
+    geglu_backward(&mut dg, &mut du, &[1.0; 3], &[0.0, 5.0, -0.0], &[3.0, 0.0, 2.0]);
     assert_eq!(dg, [1.5, 0.0, 1.0]); // gelu'(0) = 0.5 times up
     assert_eq!(du[0], 0.0);
 }
@@ -107,11 +78,8 @@ fn gelu_tanh_edge_values_are_finite_and_saturate() {
 fn geglu_backward_accumulates() {
     let mut rng = Rng::new(32);
     let n = 13;
-    let (gate, up, g) = (
-        rand_f64(&mut rng, n, -4.0, 4.0),
-        rand_f64(&mut rng, n, -1.0, 1.0),
-        rand_f64(&mut rng, n, -1.0, 1.0),
-    );
+    let (gate, up, g) =
+        (rand_f64(&mut rng, n, -4.0, 4.0), rand_f64(&mut rng, n, -1.0, 1.0), rand_f64(&mut rng, n, -1.0, 1.0));
     let (mut dg1, mut du1) = (vec![0.0; n], vec![0.0; n]);
     geglu_backward(&mut dg1, &mut du1, &g, &gate, &up);
     let (mut dg2, mut du2) = (vec![0.5; n], vec![-0.25; n]);
@@ -125,29 +93,15 @@ fn geglu_backward_accumulates() {
 fn geglu_f32_matches_f64() {
     let mut rng = Rng::new(33);
     let n = 1031;
-    let (gate, up, g) = (
-        rand_f32(&mut rng, n, -10.0, 10.0),
-        rand_f32(&mut rng, n, -3.0, 3.0),
-        rand_f32(&mut rng, n, -1.0, 1.0),
-    );
+    let (gate, up, g) =
+        (rand_f32(&mut rng, n, -10.0, 10.0), rand_f32(&mut rng, n, -3.0, 3.0), rand_f32(&mut rng, n, -1.0, 1.0));
     let mut out = vec![0.0f32; n];
     geglu_forward(&mut out, &gate, &up);
-    assert_close(
-        &out,
-        &fwd(&to_f64(&gate), &to_f64(&up)),
-        Tol::F32,
-        "forward",
-    );
+    assert_close(&out, &fwd(&to_f64(&gate), &to_f64(&up)), Tol::F32, "forward");
     let (mut dg, mut du) = (vec![0.0f32; n], vec![0.0f32; n]);
     geglu_backward(&mut dg, &mut du, &g, &gate, &up);
     let (mut dg64, mut du64) = (vec![0.0; n], vec![0.0; n]);
-    geglu_backward(
-        &mut dg64,
-        &mut du64,
-        &to_f64(&g),
-        &to_f64(&gate),
-        &to_f64(&up),
-    );
+    geglu_backward(&mut dg64, &mut du64, &to_f64(&g), &to_f64(&gate), &to_f64(&up));
     assert_close(&dg, &dg64, Tol::F32, "dgate");
     assert_close(&du, &du64, Tol::F32, "dup");
 }

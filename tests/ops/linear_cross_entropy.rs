@@ -5,20 +5,12 @@
 
 use crate::common::*;
 use loraforge::backend::cpu::linear_cross_entropy::{
-    ce_count, linear_cross_entropy, linear_cross_entropy_backward, linear_cross_entropy_forward,
-    CeStats, IGNORE_INDEX,
+    ce_count, linear_cross_entropy, linear_cross_entropy_backward, linear_cross_entropy_forward, CeStats, IGNORE_INDEX,
 };
 use loraforge::rng::Rng;
 
 const CHUNK: usize = 4;
-const SHAPES: [(usize, usize, usize); 6] = [
-    (1, 7, 3),
-    (5, 37, 9),
-    (13, 7, 9),
-    (13, 37, 3),
-    (5, 7, 3),
-    (13, 37, 9),
-];
+const SHAPES: [(usize, usize, usize); 6] = [(1, 7, 3), (5, 37, 9), (13, 7, 9), (13, 37, 3), (5, 7, 3), (13, 37, 9)];
 // Soft cap 1.5 with logits up to ~|3|: tanh is well inside its nonlinear region, so a wrong
 // derivative factor cannot hide.
 const SOFTCAPS: [Option<f32>; 2] = [None, Some(1.5)];
@@ -100,16 +92,12 @@ fn linear_cross_entropy_forward_matches_naive() {
             assert_close(
                 &[got.loss_sum],
                 &[want],
-                Tol {
-                    abs: 1e-12,
-                    rel: 1e-12,
-                },
+                Tol { abs: 1e-12, rel: 1e-12 },
                 &format!("loss n={n} v={v} c={c} softcap={softcap:?}"),
             );
             // The chunk size only bounds memory: 1, 3 and > N give the same sum in the same order.
             for ch in [1, 3, n + 5] {
-                let other =
-                    linear_cross_entropy_forward(&k.h, &k.w, &k.targets, n, c, v, ch, softcap);
+                let other = linear_cross_entropy_forward(&k.h, &k.w, &k.targets, n, c, v, ch, softcap);
                 assert_eq!(other, got, "chunk {ch} changes the spec result");
             }
         }
@@ -124,41 +112,11 @@ fn linear_cross_entropy_forward_stable_for_large_logits() {
     k.h.iter_mut().for_each(|x| *x *= 300.0);
     let got = linear_cross_entropy_forward(&k.h, &k.w, &k.targets, n, c, v, CHUNK, None);
     let (want, _) = naive_loss(&k.h, &k.w, &k.targets, n, c, v, None);
-    assert!(
-        got.loss_sum.is_finite() && want > 100.0,
-        "loss {} want {want}",
-        got.loss_sum
-    );
-    assert_close(
-        &[got.loss_sum],
-        &[want],
-        Tol {
-            abs: 1e-9,
-            rel: 1e-12,
-        },
-        "large logits",
-    );
-    let fast = linear_cross_entropy(
-        &to_f32(&k.h),
-        &to_f32(&k.w),
-        &k.targets,
-        n,
-        c,
-        v,
-        CHUNK,
-        None,
-        None,
-    );
+    assert!(got.loss_sum.is_finite() && want > 100.0, "loss {} want {want}", got.loss_sum);
+    assert_close(&[got.loss_sum], &[want], Tol { abs: 1e-9, rel: 1e-12 }, "large logits");
+    let fast = linear_cross_entropy(&to_f32(&k.h), &to_f32(&k.w), &k.targets, n, c, v, CHUNK, None, None);
     // f32 logits of magnitude ~1e3 carry ~1e-4 absolute rounding each; sum over a few tokens.
-    assert_close(
-        &[fast.loss_sum],
-        &[want],
-        Tol {
-            abs: 1e-2,
-            rel: 1e-5,
-        },
-        "large logits fast",
-    );
+    assert_close(&[fast.loss_sum], &[want], Tol { abs: 1e-2, rel: 1e-5 }, "large logits fast");
 }
 
 #[test]
@@ -187,14 +145,10 @@ fn linear_cross_entropy_backward_matches_finite_differences() {
             dw.iter_mut().for_each(|x| *x += 0.25);
 
             let fd_h = finite_diff(&k.h, 1e-6, |h| {
-                scale
-                    * linear_cross_entropy_forward(h, &k.w, &k.targets, n, c, v, CHUNK, softcap)
-                        .loss_sum
+                scale * linear_cross_entropy_forward(h, &k.w, &k.targets, n, c, v, CHUNK, softcap).loss_sum
             });
             let fd_w = finite_diff(&k.w, 1e-6, |w| {
-                scale
-                    * linear_cross_entropy_forward(&k.h, w, &k.targets, n, c, v, CHUNK, softcap)
-                        .loss_sum
+                scale * linear_cross_entropy_forward(&k.h, w, &k.targets, n, c, v, CHUNK, softcap).loss_sum
             });
             let what = format!("n={n} v={v} c={c} softcap={softcap:?}");
             assert_close(&dh, &fd_h, Tol::FD64, &format!("dh {what}"));
@@ -202,26 +156,13 @@ fn linear_cross_entropy_backward_matches_finite_differences() {
             // Ignored tokens get exactly zero gradient (not just a small one).
             for i in 0..n {
                 if k.targets[i] == IGNORE_INDEX {
-                    assert!(
-                        dh[i * c..(i + 1) * c].iter().all(|&x| x == 0.0),
-                        "ignored token {i} has a gradient"
-                    );
+                    assert!(dh[i * c..(i + 1) * c].iter().all(|&x| x == 0.0), "ignored token {i} has a gradient");
                 }
             }
             // dw = None must leave dh unchanged.
             let mut dh2 = vec![0.0f64; n * c];
-            linear_cross_entropy_backward(
-                &mut dh2, None, &k.h, &k.w, &k.targets, n, c, v, CHUNK, softcap, scale,
-            );
-            assert_close(
-                &dh2,
-                &dh,
-                Tol {
-                    abs: 1e-15,
-                    rel: 1e-12,
-                },
-                &format!("dh without dw {what}"),
-            );
+            linear_cross_entropy_backward(&mut dh2, None, &k.h, &k.w, &k.targets, n, c, v, CHUNK, softcap, scale);
+            assert_close(&dh2, &dh, Tol { abs: 1e-15, rel: 1e-12 }, &format!("dh without dw {what}"));
         }
     }
 }
@@ -230,10 +171,7 @@ fn linear_cross_entropy_backward_matches_finite_differences() {
 #[test]
 fn linear_cross_entropy_fast_matches_spec() {
     let mut worst = [0.0f64; 3];
-    let shapes = SHAPES
-        .iter()
-        .copied()
-        .chain([(64, 301, 67), (29, 1031, 16)]);
+    let shapes = SHAPES.iter().copied().chain([(64, 301, 67), (29, 1031, 16)]);
     for (si, (n, v, c)) in shapes.enumerate() {
         for softcap in SOFTCAPS {
             let k = make_case(300 + si as u64, n, v, c);
@@ -242,8 +180,7 @@ fn linear_cross_entropy_fast_matches_spec() {
             let (h64, w64) = (to_f64(&h32), to_f64(&w32));
             let count = ce_count(&k.targets);
             let scale = 1.0 / count as f64;
-            let want =
-                linear_cross_entropy_forward(&h64, &w64, &k.targets, n, c, v, CHUNK, softcap);
+            let want = linear_cross_entropy_forward(&h64, &w64, &k.targets, n, c, v, CHUNK, softcap);
             let mut dh_want = vec![0.0f64; n * c];
             let mut dw_want = vec![0.0f64; v * c];
             linear_cross_entropy_backward(
@@ -260,8 +197,7 @@ fn linear_cross_entropy_fast_matches_spec() {
                 scale,
             );
 
-            let fwd_only =
-                linear_cross_entropy(&h32, &w32, &k.targets, n, c, v, CHUNK, softcap, None);
+            let fwd_only = linear_cross_entropy(&h32, &w32, &k.targets, n, c, v, CHUNK, softcap, None);
             let mut dh = vec![0.0f32; n * c];
             let mut dw = vec![0.0f32; v * c];
             let got = linear_cross_entropy(
@@ -276,53 +212,22 @@ fn linear_cross_entropy_fast_matches_spec() {
                 Some((&mut dh, Some(&mut dw), scale)),
             );
             let mut dh_nodw = vec![0.0f32; n * c];
-            linear_cross_entropy(
-                &h32,
-                &w32,
-                &k.targets,
-                n,
-                c,
-                v,
-                CHUNK,
-                softcap,
-                Some((&mut dh_nodw, None, scale)),
-            );
+            linear_cross_entropy(&h32, &w32, &k.targets, n, c, v, CHUNK, softcap, Some((&mut dh_nodw, None, scale)));
 
             let what = format!("n={n} v={v} c={c} softcap={softcap:?}");
             assert_eq!(got.count, want.count, "{what}");
-            assert_eq!(
-                fwd_only, got,
-                "forward-only and fused pass disagree: {what}"
-            );
+            assert_eq!(fwd_only, got, "forward-only and fused pass disagree: {what}");
             assert_eq!(dh_nodw, dh, "dw = None changed dh: {what}");
             // Loss: f32 logits (K <= 67 products, rel err ~1e-7 * sqrt(K)) of size ~|8|, per token
             // error ~1e-7, summed over <= 64 tokens. Measured max 8.8e-7 abs; allow 2e-5 + 1e-6 rel.
-            assert_close(
-                &[got.loss_sum],
-                &[want.loss_sum],
-                Tol {
-                    abs: 2e-5,
-                    rel: 1e-6,
-                },
-                &format!("loss {what}"),
-            );
+            assert_close(&[got.loss_sum], &[want.loss_sum], Tol { abs: 2e-5, rel: 1e-6 }, &format!("loss {what}"));
             // Gradients: f32 dlogits (|.| <= scale) through an f32 matmul over V <= 1031.
             // Measured max 6.9e-8 abs on gradients of size ~1e-2; Tol::F32 (1e-5 abs, 1e-4 rel) has margin.
             assert_close(&dh, &dh_want, Tol::F32, &format!("dh {what}"));
             assert_close(&dw, &dw_want, Tol::F32, &format!("dw {what}"));
             worst[0] = worst[0].max((got.loss_sum - want.loss_sum).abs());
-            worst[1] = worst[1].max(
-                dh.iter()
-                    .zip(&dh_want)
-                    .map(|(a, b)| (*a as f64 - b).abs())
-                    .fold(0.0, f64::max),
-            );
-            worst[2] = worst[2].max(
-                dw.iter()
-                    .zip(&dw_want)
-                    .map(|(a, b)| (*a as f64 - b).abs())
-                    .fold(0.0, f64::max),
-            );
+            worst[1] = worst[1].max(dh.iter().zip(&dh_want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max));
+            worst[2] = worst[2].max(dw.iter().zip(&dw_want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max));
         }
     }
     eprintln!(
@@ -338,33 +243,12 @@ fn linear_cross_entropy_all_ignored() {
     let targets = vec![IGNORE_INDEX; n];
     for softcap in SOFTCAPS {
         let spec = linear_cross_entropy_forward(&k.h, &k.w, &targets, n, c, v, CHUNK, softcap);
-        assert_eq!(
-            spec,
-            CeStats {
-                loss_sum: 0.0,
-                count: 0
-            }
-        );
+        assert_eq!(spec, CeStats { loss_sum: 0.0, count: 0 });
         assert_eq!(spec.mean(), 0.0);
         let mut dh = vec![0.0f64; n * c];
         let mut dw = vec![0.0f64; v * c];
-        linear_cross_entropy_backward(
-            &mut dh,
-            Some(&mut dw),
-            &k.h,
-            &k.w,
-            &targets,
-            n,
-            c,
-            v,
-            CHUNK,
-            softcap,
-            1.0,
-        );
-        assert!(
-            dh.iter().chain(&dw).all(|&x| x == 0.0),
-            "spec grads not zero"
-        );
+        linear_cross_entropy_backward(&mut dh, Some(&mut dw), &k.h, &k.w, &targets, n, c, v, CHUNK, softcap, 1.0);
+        assert!(dh.iter().chain(&dw).all(|&x| x == 0.0), "spec grads not zero");
 
         let (h32, w32) = (to_f32(&k.h), to_f32(&k.w));
         let mut dh32 = vec![0.0f32; n * c];
@@ -380,23 +264,11 @@ fn linear_cross_entropy_all_ignored() {
             softcap,
             Some((&mut dh32, Some(&mut dw32), 1.0)),
         );
-        assert_eq!(
-            fast,
-            CeStats {
-                loss_sum: 0.0,
-                count: 0
-            }
-        );
-        assert!(
-            dh32.iter().chain(&dw32).all(|&x| x == 0.0),
-            "fast grads not zero"
-        );
+        assert_eq!(fast, CeStats { loss_sum: 0.0, count: 0 });
+        assert!(dh32.iter().chain(&dw32).all(|&x| x == 0.0), "fast grads not zero");
     }
     // N = 0 is not an error either.
-    assert_eq!(
-        linear_cross_entropy(&[], &to_f32(&k.w), &[], 0, c, v, CHUNK, None, None),
-        CeStats::default()
-    );
+    assert_eq!(linear_cross_entropy(&[], &to_f32(&k.w), &[], 0, c, v, CHUNK, None, None), CeStats::default());
 }
 
 #[test]

@@ -9,14 +9,7 @@ use loraforge::rng::Rng;
 const SHAPES: [(usize, usize); 5] = [(1, 1), (1, 7), (3, 13), (2, 67), (5, 129)];
 const EPS: f32 = 1e-5;
 
-fn fwd(
-    x: &[f64],
-    w: &[f64],
-    rows: usize,
-    c: usize,
-    eps: f32,
-    add_one: bool,
-) -> (Vec<f64>, Vec<f64>) {
+fn fwd(x: &[f64], w: &[f64], rows: usize, c: usize, eps: f32, add_one: bool) -> (Vec<f64>, Vec<f64>) {
     let (mut out, mut rstd) = (vec![0.0; rows * c], vec![0.0; rows]);
     rms_norm_forward(&mut out, &mut rstd, x, w, rows, c, eps, add_one);
     (out, rstd)
@@ -33,12 +26,8 @@ fn rms_norm_backward_matches_finite_differences() {
             let (_, rstd) = fwd(&x, &w, rows, c, EPS, add_one);
             let (mut dx, mut dw) = (vec![0.0; rows * c], vec![0.0; c]);
             rms_norm_backward(&mut dx, Some(&mut dw), &r, &x, &w, &rstd, rows, c, add_one);
-            let fd_x = finite_diff(&x, 1e-6, |xs| {
-                dot(&fwd(xs, &w, rows, c, EPS, add_one).0, &r)
-            });
-            let fd_w = finite_diff(&w, 1e-6, |ws| {
-                dot(&fwd(&x, ws, rows, c, EPS, add_one).0, &r)
-            });
+            let fd_x = finite_diff(&x, 1e-6, |xs| dot(&fwd(xs, &w, rows, c, EPS, add_one).0, &r));
+            let fd_w = finite_diff(&w, 1e-6, |ws| dot(&fwd(&x, ws, rows, c, EPS, add_one).0, &r));
             let what = format!("rows={rows} c={c} add_one={add_one}");
             assert_close(&dx, &fd_x, Tol::FD64, &format!("dx {what}"));
             assert_close(&dw, &fd_w, Tol::FD64, &format!("dw {what}"));
@@ -70,12 +59,7 @@ fn rms_norm_add_one_equals_shifted_weight() {
     let (a, rstd) = fwd(&x, &w, rows, c, EPS, true);
     let (b, _) = fwd(&x, &w1, rows, c, EPS, false);
     assert_close(&a, &b, Tol::EXACT, "forward");
-    let (mut dxa, mut dwa, mut dxb, mut dwb) = (
-        vec![0.0; rows * c],
-        vec![0.0; c],
-        vec![0.0; rows * c],
-        vec![0.0; c],
-    );
+    let (mut dxa, mut dwa, mut dxb, mut dwb) = (vec![0.0; rows * c], vec![0.0; c], vec![0.0; rows * c], vec![0.0; c]);
     rms_norm_backward(&mut dxa, Some(&mut dwa), &r, &x, &w, &rstd, rows, c, true);
     rms_norm_backward(&mut dxb, Some(&mut dwb), &r, &x, &w1, &rstd, rows, c, false);
     assert_close(&dxa, &dxb, Tol::EXACT, "dx");
@@ -93,15 +77,7 @@ fn rms_norm_is_scale_invariant_and_has_unit_rms() {
     let (a, _) = fwd(&x, &ones, rows, c, 0.0, false);
     let (b, _) = fwd(&xk, &ones, rows, c, 0.0, false);
     // A few f64 roundings apart: 1e-14 relative is ~50 ulps.
-    assert_close(
-        &a,
-        &b,
-        Tol {
-            abs: 0.0,
-            rel: 1e-14,
-        },
-        "scale invariance",
-    );
+    assert_close(&a, &b, Tol { abs: 0.0, rel: 1e-14 }, "scale invariance");
     for r in 0..rows {
         let ms: f64 = a[r * c..(r + 1) * c].iter().map(|v| v * v).sum::<f64>() / c as f64;
         assert!((ms - 1.0).abs() < 1e-13, "row {r}: mean square {ms}");
@@ -118,28 +94,10 @@ fn rms_norm_zero_rows_are_finite() {
     assert!(out.iter().all(|&v| v == 0.0));
     assert_close(&rstd, &[1.0 / (EPS as f64).sqrt()], Tol::EXACT, "rstd");
     let (mut dx, mut dw) = (vec![0.0; c], vec![0.0; c]);
-    rms_norm_backward(
-        &mut dx,
-        Some(&mut dw),
-        &vec![1.0; c],
-        &x,
-        &w,
-        &rstd,
-        1,
-        c,
-        false,
-    );
+    rms_norm_backward(&mut dx, Some(&mut dw), &vec![1.0; c], &x, &w, &rstd, 1, c, false);
     assert!(dx.iter().chain(&dw).all(|v| v.is_finite()));
     // At x = 0 the norm is linear: dx = rstd * w * g.
-    assert_close(
-        &dx,
-        &vec![0.5 / (EPS as f64).sqrt(); c],
-        Tol {
-            abs: 0.0,
-            rel: 1e-15,
-        },
-        "dx at 0",
-    );
+    assert_close(&dx, &vec![0.5 / (EPS as f64).sqrt(); c], Tol { abs: 0.0, rel: 1e-15 }, "dx at 0");
 }
 
 #[test]
@@ -178,17 +136,7 @@ fn rms_norm_f32_matches_f64() {
     let (mut dx, mut dw) = (vec![0.0f32; rows * c], vec![0.0f32; c]);
     rms_norm_backward(&mut dx, Some(&mut dw), &g, &x, &w, &rstd, rows, c, true);
     let (mut dx64, mut dw64) = (vec![0.0; rows * c], vec![0.0; c]);
-    rms_norm_backward(
-        &mut dx64,
-        Some(&mut dw64),
-        &to_f64(&g),
-        &to_f64(&x),
-        &to_f64(&w),
-        &rstd64,
-        rows,
-        c,
-        true,
-    );
+    rms_norm_backward(&mut dx64, Some(&mut dw64), &to_f64(&g), &to_f64(&x), &to_f64(&w), &rstd64, rows, c, true);
     assert_close(&dx, &dx64, Tol::F32, "dx");
     assert_close(&dw, &dw64, Tol::F32, "dw");
 }

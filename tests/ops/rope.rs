@@ -9,20 +9,8 @@ use loraforge::backend::cpu::rope::{
 use loraforge::rng::Rng;
 use std::f64::consts::PI;
 
-fn cfg(
-    head_dim: usize,
-    rotary_dim: usize,
-    theta: f32,
-    layout: RopeLayout,
-    scaling: RopeScaling,
-) -> RopeConfig {
-    RopeConfig {
-        head_dim,
-        rotary_dim,
-        theta,
-        layout,
-        scaling,
-    }
+fn cfg(head_dim: usize, rotary_dim: usize, theta: f32, layout: RopeLayout, scaling: RopeScaling) -> RopeConfig {
+    RopeConfig { head_dim, rotary_dim, theta, layout, scaling }
 }
 
 fn fwd(x: &[f64], pos: &[u32], c: &RopeConfig, b: usize, t: usize, nh: usize) -> Vec<f64> {
@@ -43,13 +31,7 @@ fn configs() -> Vec<RopeConfig> {
         cfg(2, 2, 10000.0, HalfSplit, RopeScaling::None),
         cfg(10, 10, 10000.0, HalfSplit, RopeScaling::None),
         cfg(10, 10, 10000.0, Interleaved, RopeScaling::None),
-        cfg(
-            13,
-            6,
-            500000.0,
-            HalfSplit,
-            RopeScaling::Linear { factor: 2.0 },
-        ),
+        cfg(13, 6, 500000.0, HalfSplit, RopeScaling::Linear { factor: 2.0 }),
         cfg(13, 6, 500000.0, Interleaved, RopeScaling::None),
         cfg(16, 16, 10000.0, HalfSplit, RopeScaling::yarn(4.0, 64)),
         cfg(
@@ -57,12 +39,7 @@ fn configs() -> Vec<RopeConfig> {
             12,
             500000.0,
             Interleaved,
-            RopeScaling::Llama3 {
-                factor: 8.0,
-                low_freq_factor: 1.0,
-                high_freq_factor: 4.0,
-                original_max_position: 64,
-            },
+            RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position: 64 },
         ),
     ]
 }
@@ -79,12 +56,7 @@ fn rope_backward_matches_finite_differences() {
             let mut dx = vec![0.0; n];
             rope_backward(&mut dx, &r, &pos, &c, b, t, nh);
             let fd = finite_diff(&x, 1e-6, |xs| dot(&fwd(xs, &pos, &c, b, t, nh), &r));
-            assert_close(
-                &dx,
-                &fd,
-                Tol::FD64,
-                &format!("dx {c:?} b={b} t={t} nh={nh}"),
-            );
+            assert_close(&dx, &fd, Tol::FD64, &format!("dx {c:?} b={b} t={t} nh={nh}"));
         }
     }
 }
@@ -114,15 +86,7 @@ fn rope_half_split_matches_hf_rotate_half() {
         }
     }
     // Same math in a different association: a few ulps of the values (|x| <= ~1.4).
-    assert_close(
-        &got,
-        &want,
-        Tol {
-            abs: 1e-14,
-            rel: 1e-14,
-        },
-        "rope vs rotate_half",
-    );
+    assert_close(&got, &want, Tol { abs: 1e-14, rel: 1e-14 }, "rope vs rotate_half");
 }
 
 #[test]
@@ -130,17 +94,8 @@ fn rope_interleaved_equals_half_split_after_gguf_permutation() {
     // GGUF stores Q/K rows permuted so that interleaved pair (2i, 2i+1) holds half-split (i, i + rot/2).
     let mut rng = Rng::new(13);
     for (d, rot) in [(8, 8), (14, 10), (2, 2)] {
-        let half = cfg(
-            d,
-            rot,
-            10000.0,
-            RopeLayout::HalfSplit,
-            RopeScaling::yarn(2.0, 32),
-        );
-        let inter = RopeConfig {
-            layout: RopeLayout::Interleaved,
-            ..half
-        };
+        let half = cfg(d, rot, 10000.0, RopeLayout::HalfSplit, RopeScaling::yarn(2.0, 32));
+        let inter = RopeConfig { layout: RopeLayout::Interleaved, ..half };
         let (b, t, nh) = (1, 4, 2);
         let x = rand_f64(&mut rng, b * t * nh * d, -1.0, 1.0);
         let pos = rand_pos(&mut rng, b * t, 100);
@@ -161,12 +116,7 @@ fn rope_interleaved_equals_half_split_after_gguf_permutation() {
         let (mut dh, mut di) = (vec![0.0; x.len()], vec![0.0; x.len()]);
         rope_backward(&mut dh, &x, &pos, &half, b, t, nh);
         rope_backward(&mut di, &perm(&x), &pos, &inter, b, t, nh);
-        assert_close(
-            &di,
-            &perm(&dh),
-            Tol::EXACT,
-            &format!("backward d={d} rot={rot}"),
-        );
+        assert_close(&di, &perm(&dh), Tol::EXACT, &format!("backward d={d} rot={rot}"));
     }
 }
 
@@ -180,9 +130,7 @@ fn rope_position_zero_is_identity_and_norms_are_preserved() {
         let (_, m) = rope_inv_freq(&c);
         // Position 0: cos = 1, sin = 0, so out = m * x on rotated dims and x on the tail, exactly.
         let out0 = fwd(&x, &[0, 0, 0], &c, b, t, nh);
-        let want0: Vec<f64> = (0..x.len())
-            .map(|k| if k % d < c.rotary_dim { m * x[k] } else { x[k] })
-            .collect();
+        let want0: Vec<f64> = (0..x.len()).map(|k| if k % d < c.rotary_dim { m * x[k] } else { x[k] }).collect();
         assert_close(&out0, &want0, Tol::EXACT, &format!("pos 0 {c:?}"));
         // Any position: each rotated pair keeps its norm (times m).
         let out = fwd(&x, &[5, 1000, 123456], &c, b, t, nh);
@@ -195,10 +143,7 @@ fn rope_position_zero_is_identity_and_norms_are_preserved() {
                 };
                 let nx = m * (x[o + p].powi(2) + x[o + q].powi(2)).sqrt();
                 let no = (out[o + p].powi(2) + out[o + q].powi(2)).sqrt();
-                assert!(
-                    (nx - no).abs() <= 1e-14 * nx.max(1.0),
-                    "pair norm {nx} -> {no} in {c:?}"
-                );
+                assert!((nx - no).abs() <= 1e-14 * nx.max(1.0), "pair norm {nx} -> {no} in {c:?}");
             }
         }
     }
@@ -207,13 +152,7 @@ fn rope_position_zero_is_identity_and_norms_are_preserved() {
 #[test]
 fn rope_partial_rotary_leaves_tail_untouched() {
     let mut rng = Rng::new(15);
-    let c = cfg(
-        13,
-        6,
-        10000.0,
-        RopeLayout::HalfSplit,
-        RopeScaling::yarn(8.0, 128),
-    );
+    let c = cfg(13, 6, 10000.0, RopeLayout::HalfSplit, RopeScaling::yarn(8.0, 128));
     let (b, t, nh) = (2, 2, 3);
     let x = rand_f64(&mut rng, b * t * nh * 13, -1.0, 1.0);
     let pos = vec![7, 300, 1, 99];
@@ -257,12 +196,7 @@ fn rope_packed_positions_restart() {
     let first = fwd(&x[..3 * nh * 8], &[0, 1, 2], &c, 1, 3, nh);
     let second = fwd(&x[3 * nh * 8..], &[0, 1], &c, 1, 2, nh);
     assert_close(&packed[..3 * nh * 8], &first, Tol::EXACT, "first sequence");
-    assert_close(
-        &packed[3 * nh * 8..],
-        &second,
-        Tol::EXACT,
-        "second sequence",
-    );
+    assert_close(&packed[3 * nh * 8..], &second, Tol::EXACT, "second sequence");
 }
 
 #[test]
@@ -270,35 +204,13 @@ fn rope_inv_freq_default_and_linear() {
     let c = cfg(8, 8, 10000.0, RopeLayout::HalfSplit, RopeScaling::None);
     let (f, m) = rope_inv_freq(&c);
     // 1 / 10000^(2i/8) = 1, 0.1, 0.01, 0.001 (powf rounding: allow a few ulps).
-    assert_close(
-        &f,
-        &[1.0, 0.1, 0.01, 0.001],
-        Tol {
-            abs: 0.0,
-            rel: 1e-15,
-        },
-        "default",
-    );
+    assert_close(&f, &[1.0, 0.1, 0.01, 0.001], Tol { abs: 0.0, rel: 1e-15 }, "default");
     assert_eq!(m, 1.0);
-    let (fl, ml) = rope_inv_freq(&RopeConfig {
-        scaling: RopeScaling::Linear { factor: 4.0 },
-        ..c
-    });
-    assert_close(
-        &fl,
-        &f.iter().map(|v| v / 4.0).collect::<Vec<_>>(),
-        Tol::EXACT,
-        "linear",
-    );
+    let (fl, ml) = rope_inv_freq(&RopeConfig { scaling: RopeScaling::Linear { factor: 4.0 }, ..c });
+    assert_close(&fl, &f.iter().map(|v| v / 4.0).collect::<Vec<_>>(), Tol::EXACT, "linear");
     assert_eq!(ml, 1.0);
     // Partial rotary: the exponent is over rotary_dim, not head_dim (HF: dim = head_dim * partial_rotary_factor).
-    let (fp, _) = rope_inv_freq(&cfg(
-        16,
-        8,
-        10000.0,
-        RopeLayout::HalfSplit,
-        RopeScaling::None,
-    ));
+    let (fp, _) = rope_inv_freq(&cfg(16, 8, 10000.0, RopeLayout::HalfSplit, RopeScaling::None));
     assert_close(&fp, &f, Tol::EXACT, "partial rotary");
 }
 
@@ -307,52 +219,27 @@ fn rope_inv_freq_llama3_hand_values() {
     // Llama 3.1: factor 8, low 1, high 4, original 8192, theta 500000, head_dim 64.
     // wavelen_i = 2 pi 500000^(i/32); by hand: wavelen < 8192/4 = 2048 iff i <= 14 (unchanged),
     // wavelen > 8192/1 iff i >= 18 (divided by 8), i = 15..17 on the smooth ramp.
-    let scaling = RopeScaling::Llama3 {
-        factor: 8.0,
-        low_freq_factor: 1.0,
-        high_freq_factor: 4.0,
-        original_max_position: 8192,
-    };
+    let scaling =
+        RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position: 8192 };
     let c = cfg(64, 64, 500000.0, RopeLayout::HalfSplit, scaling);
     let (f, m) = rope_inv_freq(&c);
-    let (f0, _) = rope_inv_freq(&RopeConfig {
-        scaling: RopeScaling::None,
-        ..c
-    });
+    let (f0, _) = rope_inv_freq(&RopeConfig { scaling: RopeScaling::None, ..c });
     assert_eq!(f.len(), 32);
     assert_eq!(m, 1.0);
     for i in 0..32 {
         if i <= 14 {
             assert_eq!(f[i], f0[i], "high frequency {i} must be unchanged");
         } else if i >= 18 {
-            assert_eq!(
-                f[i],
-                f0[i] / 8.0,
-                "low frequency {i} must be divided by factor"
-            );
+            assert_eq!(f[i], f0[i] / 8.0, "low frequency {i} must be divided by factor");
         } else {
-            assert!(
-                f[i] < f0[i] && f[i] > f0[i] / 8.0,
-                "medium frequency {i} must be in between"
-            );
+            assert!(f[i] < f0[i] && f[i] > f0[i] / 8.0, "medium frequency {i} must be in between");
         }
     }
     // i = 16: inv = 500000^-0.5 = 1.414213562e-3, wavelen = 4442.88, s = (8192/wavelen - 1)/3 = 0.28129,
     // inv' = inv ((1 - s)/8 + s) = 5.248461609929547e-4 (python, f64).
-    assert_close(
-        &[f[16]],
-        &[5.248461609929547e-4],
-        Tol {
-            abs: 0.0,
-            rel: 1e-12,
-        },
-        "llama3 i=16",
-    );
+    assert_close(&[f[16]], &[5.248461609929547e-4], Tol { abs: 0.0, rel: 1e-12 }, "llama3 i=16");
     // The ramp is continuous: s(i) is 0 at wavelen = 2048... so inv' is monotone decreasing in i.
-    assert!(
-        f.windows(2).all(|w| w[1] < w[0]),
-        "llama3 inv_freq must decrease"
-    );
+    assert!(f.windows(2).all(|w| w[1] < w[0]), "llama3 inv_freq must decrease");
 }
 
 #[test]
@@ -360,13 +247,7 @@ fn rope_inv_freq_yarn_hand_values() {
     // head_dim 16, theta 10000, factor 4, original 2048, beta 32/1. By hand:
     // dim(r) = 16 ln(2048 / (2 pi r)) / (2 ln 10000): dim(32) = 2.016 -> low = 2, dim(1) = 5.026 -> high = 6.
     // ramp_i = clamp((i - 2) / 4, 0, 1) = 0, 0, 0, .25, .5, .75, 1, 1; m = 0.1 ln 4 + 1.
-    let c = cfg(
-        16,
-        16,
-        10000.0,
-        RopeLayout::HalfSplit,
-        RopeScaling::yarn(4.0, 2048),
-    );
+    let c = cfg(16, 16, 10000.0, RopeLayout::HalfSplit, RopeScaling::yarn(4.0, 2048));
     let (f, m) = rope_inv_freq(&c);
     let ramp = [0.0, 0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0];
     let want: Vec<f64> = (0..8)
@@ -375,21 +256,8 @@ fn rope_inv_freq_yarn_hand_values() {
             ramp[i] * base / 4.0 + (1.0 - ramp[i]) * base
         })
         .collect();
-    assert_close(
-        &f,
-        &want,
-        Tol {
-            abs: 0.0,
-            rel: 1e-15,
-        },
-        "yarn inv_freq",
-    );
-    assert_close(
-        &[m],
-        &[0.1 * 4f64.ln() + 1.0],
-        Tol::EXACT,
-        "yarn attention factor",
-    );
+    assert_close(&f, &want, Tol { abs: 0.0, rel: 1e-15 }, "yarn inv_freq");
+    assert_close(&[m], &[0.1 * 4f64.ln() + 1.0], Tol::EXACT, "yarn attention factor");
     // An explicit attention_factor overrides the default.
     let ca = RopeConfig {
         scaling: RopeScaling::Yarn {
@@ -411,22 +279,11 @@ fn rope_inv_freq_yarn_hand_values() {
 fn rope_yarn_factor_one_is_no_scaling() {
     for (d, theta, orig) in [(16, 10000.0, 2048), (64, 1e6, 32768), (6, 500000.0, 8)] {
         let c0 = cfg(d, d, theta, RopeLayout::HalfSplit, RopeScaling::None);
-        let cy = RopeConfig {
-            scaling: RopeScaling::yarn(1.0, orig),
-            ..c0
-        };
+        let cy = RopeConfig { scaling: RopeScaling::yarn(1.0, orig), ..c0 };
         let (f0, m0) = rope_inv_freq(&c0);
         let (fy, my) = rope_inv_freq(&cy);
         // ramp * f + (1 - ramp) * f rounds differently from f where the ramp is fractional: 1 ulp.
-        assert_close(
-            &fy,
-            &f0,
-            Tol {
-                abs: 0.0,
-                rel: 4e-16,
-            },
-            &format!("yarn factor 1, d={d}"),
-        );
+        assert_close(&fy, &f0, Tol { abs: 0.0, rel: 4e-16 }, &format!("yarn factor 1, d={d}"));
         assert_eq!((m0, my), (1.0, 1.0));
     }
 }
@@ -456,15 +313,7 @@ fn rope_table_equals_direct_path() {
         rope_backward(&mut d0, &g32, &pos, &c, b, t, nh);
         let sum: Vec<f32> = x32.iter().zip(&d0).map(|(a, b)| a + b).collect();
         // (x + d) is rounded once by the spec and twice here; |x + d| < 4 so 1 ulp <= 2.4e-7.
-        assert_close(
-            &d_direct,
-            &sum,
-            Tol {
-                abs: 3e-7,
-                rel: 0.0,
-            },
-            "accumulates",
-        );
+        assert_close(&d_direct, &sum, Tol { abs: 3e-7, rel: 0.0 }, "accumulates");
     }
 }
 
@@ -486,10 +335,5 @@ fn rope_f32_matches_f64() {
     let pos = rand_pos(&mut rng, b * t, 100000);
     let mut out = vec![0.0f32; x.len()];
     rope_forward(&mut out, &x, &pos, &c, b, t, nh);
-    assert_close(
-        &out,
-        &fwd(&to_f64(&x), &pos, &c, b, t, nh),
-        Tol::F32,
-        "f32 vs f64",
-    );
+    assert_close(&out, &fwd(&to_f64(&x), &pos, &c, b, t, nh), Tol::F32, "f32 vs f64");
 }

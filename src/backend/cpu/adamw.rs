@@ -44,10 +44,7 @@ pub fn adamw_step(
 ) {
     assert!(step >= 1, "adamw: step is 1-based");
     let n = param.len();
-    assert!(
-        grad.len() == n && m.len() == n && v.len() == n,
-        "adamw: param, grad, m, v lengths differ"
-    );
+    assert!(grad.len() == n && m.len() == n && v.len() == n, "adamw: param, grad, m, v lengths differ");
     let t = step.min(i32::MAX as u64) as i32; // beta^t underflows to 0 long before 2^31 steps
     let decay = 1.0 - lr * weight_decay;
     let bc1 = 1.0 - beta1.powi(t);
@@ -67,11 +64,7 @@ pub fn adamw_step(
 /// Global L2 norm squared over all gradient tensors, accumulated in f64: sum_t sum_i g[t][i]^2.
 /// Non-finite exactly when some element is non-finite: the trainer must then skip the step.
 pub fn grad_norm_sq(grads: &[&[f32]]) -> f64 {
-    grads
-        .iter()
-        .flat_map(|g| g.iter())
-        .map(|&x| x as f64 * x as f64)
-        .sum()
+    grads.iter().flat_map(|g| g.iter()).map(|&x| x as f64 * x as f64).sum()
 }
 
 /// The factor torch.nn.utils.clip_grad_norm_ multiplies every gradient by:

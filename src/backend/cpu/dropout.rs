@@ -64,10 +64,7 @@ pub fn philox4x32_10(ctr: [u32; 4], key: [u32; 2]) -> [u32; 4] {
 /// The four random words of counter group g = j >> 2 (lanes j & 3 = 0..3).
 #[inline]
 fn group_bits(seed: u64, g: u64) -> [u32; 4] {
-    philox4x32_10(
-        [g as u32, (g >> 32) as u32, 0, 0],
-        [seed as u32, (seed >> 32) as u32],
-    )
+    philox4x32_10([g as u32, (g >> 32) as u32, 0, 0], [seed as u32, (seed >> 32) as u32])
 }
 
 /// The random word of element counter j under `seed` (see the header).
@@ -99,10 +96,7 @@ pub fn dropout_scale(p: f32) -> f32 {
 
 #[track_caller]
 fn check_p(p: f32) {
-    assert!(
-        (0.0..1.0).contains(&p),
-        "dropout: p = {p} must be in [0, 1)"
-    );
+    assert!((0.0..1.0).contains(&p), "dropout: p = {p} must be in [0, 1)");
 }
 
 /// Calls f(i, keep_i) for i in 0..n, one Philox evaluation per group of 4 counters (the groups are
@@ -151,11 +145,7 @@ pub fn dropout_backward<T: Real>(
     offset: u64,
 ) {
     check_p(p);
-    assert_eq!(
-        dx.len(),
-        dout.len(),
-        "dropout: dx and dout differ in length"
-    );
+    assert_eq!(dx.len(), dout.len(), "dropout: dx and dout differ in length");
     if p == 0.0 {
         dx.iter_mut().zip(dout).for_each(|(d, &g)| *d += g);
         return;

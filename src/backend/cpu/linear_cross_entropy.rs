@@ -219,10 +219,7 @@ pub fn linear_cross_entropy(
     grad: Option<CeGrad<'_>>,
 ) -> CeStats {
     assert!(chunk > 0, "linear_cross_entropy: chunk must be > 0");
-    assert!(
-        h.len() >= n * c && w.len() >= v * c && targets.len() >= n,
-        "linear_cross_entropy: buffer too short"
-    );
+    assert!(h.len() >= n * c && w.len() >= v * c && targets.len() >= n, "linear_cross_entropy: buffer too short");
     let mut grad = grad;
     if let Some((dh, dw, _)) = grad.as_ref() {
         assert!(
@@ -292,10 +289,7 @@ pub fn linear_cross_entropy(
             }
             if let Some(dw) = dw.as_deref_mut() {
                 // dw (V, C) += dlogits^T (V, rows) · hc (rows, C)
-                let d = MatmulDims {
-                    trans_a: true,
-                    ..MatmulDims::new(v, c, r)
-                };
+                let d = MatmulDims { trans_a: true, ..MatmulDims::new(v, c, r) };
                 matmul(dw, z, hc, None, d, true);
             }
         }

@@ -76,9 +76,7 @@ pub fn rms_norm_backward<T: Real>(
         let g_r = &dout[r * c..(r + 1) * c]; // (C)
         let s = rstd[r].to_f64();
         // sum_i g_i * w'_i * x_i, the projection of the upstream gradient on x
-        let dot: f64 = (0..c)
-            .map(|i| g_r[i].to_f64() * scale(w[i].to_f64(), add_one) * x_r[i].to_f64())
-            .sum();
+        let dot: f64 = (0..c).map(|i| g_r[i].to_f64() * scale(w[i].to_f64(), add_one) * x_r[i].to_f64()).sum();
         let k = s * s * s * dot / c as f64;
         let dx_r = &mut dx[r * c..(r + 1) * c]; // (C)
         for j in 0..c {

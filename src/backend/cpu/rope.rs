@@ -47,35 +47,18 @@ pub enum RopeScaling {
     Linear { factor: f32 },
     /// "llama3" (Llama 3.1): long wavelengths divided by `factor`, short ones unchanged, a smooth
     /// ramp between. Llama 3.1: factor 8, low 1, high 4, original 8192.
-    Llama3 {
-        factor: f32,
-        low_freq_factor: f32,
-        high_freq_factor: f32,
-        original_max_position: usize,
-    },
+    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position: usize },
     /// "yarn": per-frequency blend of interpolation (/factor) and extrapolation, plus an attention
     /// scaling of cos/sin (default 0.1 ln(factor) + 1). HF defaults: beta_fast 32, beta_slow 1.
     /// `factor` is used as given (for DeepSeek-style configs the caller passes
     /// max_position_embeddings / original_max_position_embeddings).
-    Yarn {
-        factor: f32,
-        original_max_position: usize,
-        beta_fast: f32,
-        beta_slow: f32,
-        attention_factor: Option<f32>,
-    },
+    Yarn { factor: f32, original_max_position: usize, beta_fast: f32, beta_slow: f32, attention_factor: Option<f32> },
 }
 
 impl RopeScaling {
     /// YaRN with transformers' defaults (beta_fast 32, beta_slow 1, attention_factor from factor).
     pub fn yarn(factor: f32, original_max_position: usize) -> Self {
-        RopeScaling::Yarn {
-            factor,
-            original_max_position,
-            beta_fast: 32.0,
-            beta_slow: 1.0,
-            attention_factor: None,
-        }
+        RopeScaling::Yarn { factor, original_max_position, beta_fast: 32.0, beta_slow: 1.0, attention_factor: None }
     }
 }
 
@@ -94,13 +77,7 @@ pub struct RopeConfig {
 impl RopeConfig {
     /// Full rotary, HF half-split layout, no scaling.
     pub fn new(head_dim: usize, theta: f32) -> Self {
-        RopeConfig {
-            head_dim,
-            rotary_dim: head_dim,
-            theta,
-            layout: RopeLayout::HalfSplit,
-            scaling: RopeScaling::None,
-        }
+        RopeConfig { head_dim, rotary_dim: head_dim, theta, layout: RopeLayout::HalfSplit, scaling: RopeScaling::None }
     }
 
     #[track_caller]
@@ -139,25 +116,12 @@ pub fn rope_inv_freq(cfg: &RopeConfig) -> (Vec<f64>, f64) {
     cfg.check();
     let rot = cfg.rotary_dim;
     let base = cfg.theta as f64;
-    let default: Vec<f64> = (0..rot / 2)
-        .map(|i| 1.0 / base.powf((2 * i) as f64 / rot as f64))
-        .collect();
+    let default: Vec<f64> = (0..rot / 2).map(|i| 1.0 / base.powf((2 * i) as f64 / rot as f64)).collect();
     match cfg.scaling {
         RopeScaling::None => (default, 1.0),
-        RopeScaling::Linear { factor } => {
-            (default.iter().map(|f| f / factor as f64).collect(), 1.0)
-        }
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position,
-        } => {
-            let (factor, low_ff, high_ff) = (
-                factor as f64,
-                low_freq_factor as f64,
-                high_freq_factor as f64,
-            );
+        RopeScaling::Linear { factor } => (default.iter().map(|f| f / factor as f64).collect(), 1.0),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+            let (factor, low_ff, high_ff) = (factor as f64, low_freq_factor as f64, high_freq_factor as f64);
             let old_ctx = original_max_position as f64;
             let low_freq_wavelen = old_ctx / low_ff;
             let high_freq_wavelen = old_ctx / high_ff;
@@ -177,13 +141,7 @@ pub fn rope_inv_freq(cfg: &RopeConfig) -> (Vec<f64>, f64) {
                 .collect();
             (inv, 1.0)
         }
-        RopeScaling::Yarn {
-            factor,
-            original_max_position,
-            beta_fast,
-            beta_slow,
-            attention_factor,
-        } => {
+        RopeScaling::Yarn { factor, original_max_position, beta_fast, beta_slow, attention_factor } => {
             let factor = factor as f64;
             let orig = original_max_position as f64;
             let scaling = match attention_factor {
@@ -192,14 +150,10 @@ pub fn rope_inv_freq(cfg: &RopeConfig) -> (Vec<f64>, f64) {
                 None => 0.1 * factor.ln() + 1.0,
             };
             // The (fractional) dim index whose frequency makes `num_rot` full turns over `orig` positions.
-            let correction_dim = |num_rot: f64| {
-                rot as f64 * (orig / (num_rot * 2.0 * std::f64::consts::PI)).ln()
-                    / (2.0 * base.ln())
-            };
+            let correction_dim =
+                |num_rot: f64| rot as f64 * (orig / (num_rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln());
             let low = correction_dim(beta_fast as f64).floor().max(0.0);
-            let mut high = correction_dim(beta_slow as f64)
-                .ceil()
-                .min((rot - 1) as f64);
+            let mut high = correction_dim(beta_slow as f64).ceil().min((rot - 1) as f64);
             if low == high {
                 high += 0.001; // as transformers: avoids 0/0 in the ramp
             }
@@ -231,13 +185,7 @@ fn rotate_token<T: Real>(
     accumulate: bool,
 ) {
     let d = cfg.head_dim;
-    let put = |o: &mut T, v: f64| {
-        *o = if accumulate {
-            T::from_f64(o.to_f64() + v)
-        } else {
-            T::from_f64(v)
-        }
-    };
+    let put = |o: &mut T, v: f64| *o = if accumulate { T::from_f64(o.to_f64() + v) } else { T::from_f64(v) };
     for hd in 0..nh {
         let (o, xh) = (&mut out[hd * d..(hd + 1) * d], &x[hd * d..(hd + 1) * d]);
         for i in 0..cfg.rotary_dim / 2 {
@@ -284,16 +232,7 @@ fn rope_apply<T: Real>(
     for (n, &pos) in positions.iter().enumerate() {
         cs(pos, &mut cos, &mut sin);
         let range = n * tok..(n + 1) * tok;
-        rotate_token(
-            &mut out[range.clone()],
-            &x[range],
-            &cos,
-            &sin,
-            cfg,
-            nh,
-            transpose,
-            accumulate,
-        );
+        rotate_token(&mut out[range.clone()], &x[range], &cos, &sin, cfg, nh, transpose, accumulate);
     }
 }
 
@@ -308,9 +247,7 @@ pub fn rope_forward<T: Real>(
     nh: usize,
 ) {
     let (inv_freq, m) = rope_inv_freq(cfg);
-    rope_apply(out, x, positions, cfg, b, t, nh, false, false, |p, c, s| {
-        angles(c, s, p, &inv_freq, m)
-    });
+    rope_apply(out, x, positions, cfg, b, t, nh, false, false, |p, c, s| angles(c, s, p, &inv_freq, m));
 }
 
 /// dx += m * R(a)^T dout = m * R(-a) dout, the transpose of the forward; tail dims pass dout through.
@@ -324,9 +261,7 @@ pub fn rope_backward<T: Real>(
     nh: usize,
 ) {
     let (inv_freq, m) = rope_inv_freq(cfg);
-    rope_apply(dx, dout, positions, cfg, b, t, nh, true, true, |p, c, s| {
-        angles(c, s, p, &inv_freq, m)
-    });
+    rope_apply(dx, dout, positions, cfg, b, t, nh, true, true, |p, c, s| angles(c, s, p, &inv_freq, m));
 }
 
 /// Precomputed cos/sin for positions 0..max_pos (the same f64 values the direct path computes, so
@@ -348,21 +283,12 @@ impl RopeTable {
             let r = p * h..(p + 1) * h;
             angles(&mut cos[r.clone()], &mut sin[r], p as u32, &inv_freq, m);
         }
-        RopeTable {
-            cfg: *cfg,
-            max_pos,
-            cos,
-            sin,
-        }
+        RopeTable { cfg: *cfg, max_pos, cos, sin }
     }
 
     fn lookup(&self, pos: u32, c: &mut [f64], s: &mut [f64]) {
         let p = pos as usize;
-        assert!(
-            p < self.max_pos,
-            "rope: position {p} beyond table size {}",
-            self.max_pos
-        );
+        assert!(p < self.max_pos, "rope: position {p} beyond table size {}", self.max_pos);
         let h = c.len();
         c.copy_from_slice(&self.cos[p * h..(p + 1) * h]);
         s.copy_from_slice(&self.sin[p * h..(p + 1) * h]);
@@ -378,18 +304,7 @@ impl RopeTable {
         t: usize,
         nh: usize,
     ) {
-        rope_apply(
-            out,
-            x,
-            positions,
-            &self.cfg,
-            b,
-            t,
-            nh,
-            false,
-            false,
-            |p, c, s| self.lookup(p, c, s),
-        );
+        rope_apply(out, x, positions, &self.cfg, b, t, nh, false, false, |p, c, s| self.lookup(p, c, s));
     }
 
     /// Same contract as `rope_backward` (accumulates into dx); every position must be < max_pos.
@@ -402,17 +317,6 @@ impl RopeTable {
         t: usize,
         nh: usize,
     ) {
-        rope_apply(
-            dx,
-            dout,
-            positions,
-            &self.cfg,
-            b,
-            t,
-            nh,
-            true,
-            true,
-            |p, c, s| self.lookup(p, c, s),
-        );
+        rope_apply(dx, dout, positions, &self.cfg, b, t, nh, true, true, |p, c, s| self.lookup(p, c, s));
     }
 }

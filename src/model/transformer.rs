@@ -1,0 +1,141 @@
+//! A decoder-only transformer: embedding → layers → final norm → (tied) LM head + loss.
+//! Family differences are data (`BlockConfig`, `embed_scale`, `final_softcap`).
+//! Layers are `Arc`s so activation checkpointing can run them again during backward; the
+//! optimizer gets mutable access once the tape is gone.
+
+use super::block::{forward_checkpointed, BlockConfig, DecoderLayer, FrozenStore, LayerInputs};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::lora::LoraConfig;
+use crate::ops::{self, LossOutput, Weight};
+use crate::rng::Rng;
+use crate::tape::Tape;
+use crate::tensor::{Param, Tensor};
+use std::sync::Arc;
+
+pub struct Transformer<B: Backend> {
+    pub block: BlockConfig,
+    pub vocab_size: usize,
+    pub embed: Weight<B>,
+    pub layers: Vec<Arc<DecoderLayer<B>>>,
+    pub norm: Tensor<B>,
+    /// None: tied to `embed`.
+    pub lm_head: Option<Weight<B>>,
+    /// Gemma multiplies embeddings by √hidden.
+    pub embed_scale: Option<f32>,
+    /// Gemma-2 final logit soft-capping.
+    pub final_softcap: Option<f32>,
+}
+
+/// One batch of token rows: ids and targets (B*T), with -100 targets ignored.
+pub struct Batch {
+    pub b: usize,
+    pub t: usize,
+    pub ids: Arc<[u32]>,
+    pub targets: Vec<i32>,
+    pub positions: Arc<[u32]>,
+    pub segment_ids: Option<Arc<[u32]>>,
+}
+
+impl Batch {
+    /// Causal LM on plain rows: target[i] = ids[i + 1] within each row, the last one ignored.
+    pub fn causal_lm(rows: &[Vec<u32>]) -> Result<Self> {
+        let t = rows.first().map_or(0, |r| r.len());
+        if t == 0 || rows.iter().any(|r| r.len() != t) {
+            return Err(Error::InvalidArgument {
+                op: "batch",
+                msg: "rows must be non-empty and of equal length".into(),
+            });
+        }
+        let ids: Vec<u32> = rows.iter().flatten().copied().collect();
+        let mut targets = Vec::with_capacity(ids.len());
+        for r in rows {
+            targets.extend(r[1..].iter().map(|&x| x as i32));
+            targets.push(-100);
+        }
+        let positions: Vec<u32> = (0..rows.len() * t).map(|i| (i % t) as u32).collect();
+        Ok(Batch { b: rows.len(), t, ids: ids.into(), targets, positions: positions.into(), segment_ids: None })
+    }
+}
+
+impl<B: Backend> Transformer<B> {
+    /// A model with random weights; LoRA on `targets` in every layer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn random(
+        be: &B,
+        block: &BlockConfig,
+        n_layers: usize,
+        vocab_size: usize,
+        targets: &[&str],
+        lora: &LoraConfig,
+        store: &FrozenStore,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        let c = block.hidden_size;
+        let mut e = vec![0.0f32; vocab_size * c];
+        rng.fill_normal(&mut e, 0.02);
+        let layers = (0..n_layers)
+            .map(|l| {
+                DecoderLayer::random(be, block, &format!("model.layers.{l}"), targets, lora, store, rng).map(Arc::new)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Transformer {
+            block: block.clone(),
+            vocab_size,
+            embed: Weight::Dense(Tensor::from_slice(be, &e, [vocab_size, c])?),
+            layers,
+            norm: Tensor::from_slice(be, &vec![if block.norm_add_one { 0.0 } else { 1.0 }; c], [c])?,
+            lm_head: None,
+            embed_scale: None,
+            final_softcap: None,
+        })
+    }
+
+    pub fn params(&self) -> Vec<&Param<B>> {
+        self.layers.iter().flat_map(|l| l.params()).collect()
+    }
+    pub fn trainable_count(&self) -> usize {
+        self.params().iter().map(|p| p.elem_count()).sum()
+    }
+    /// Mutable parameters for the optimizer. Fails while a tape still holds a layer.
+    pub fn params_mut(&mut self) -> Result<Vec<&mut Param<B>>> {
+        let mut v = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let l = Arc::get_mut(l).ok_or_else(|| Error::Tape(format!("layer {i} is still held by a tape")))?;
+            v.extend(l.params_mut());
+        }
+        Ok(v)
+    }
+
+    /// Final hidden states (B*T, C), after the final norm.
+    pub fn hidden(&self, tape: &mut Tape<B>, batch: &Batch, checkpoint: bool, seed: u64) -> Result<Tensor<B>> {
+        let be = self.norm.backend().clone();
+        let c = self.block.hidden_size;
+        let mut h = ops::embedding(tape, &batch.ids, &self.embed, &be)?;
+        if let Some(s) = self.embed_scale {
+            h = ops::scale(tape, &h, s)?;
+        }
+        let mut h = h.reshape([batch.b, batch.t, c])?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let inp = LayerInputs {
+                positions: batch.positions.clone(),
+                segment_ids: batch.segment_ids.clone(),
+                seed: seed.wrapping_mul(1_000_003).wrapping_add(l as u64),
+            };
+            h = if checkpoint {
+                forward_checkpointed(tape, layer, &h, &inp)?
+            } else {
+                layer.forward(tape, &h, &inp)?
+            };
+        }
+        let h = ops::rms_norm(tape, &h, &self.norm, self.block.rms_norm_eps, self.block.norm_add_one)?;
+        h.reshape([batch.b * batch.t, c])
+    }
+
+    /// Mean cross-entropy over the batch's non-ignored targets.
+    pub fn loss(&self, tape: &mut Tape<B>, batch: &Batch, checkpoint: bool, seed: u64) -> Result<LossOutput<B>> {
+        let h = self.hidden(tape, batch, checkpoint, seed)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        ops::linear_cross_entropy(tape, &h, head, &batch.targets, self.final_softcap)
+    }
+}

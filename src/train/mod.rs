@@ -1,0 +1,88 @@
+//! Training: the optimizer (AdamW with global-norm clipping) over a set of `Param`s.
+//! Frozen weights have no state here at all: only parameters handed to `AdamW::step` do.
+
+use crate::backend::{AdamWParams, Backend};
+use crate::error::{Error, Result};
+use crate::tape::Grads;
+use crate::tensor::{Param, VarId};
+use std::collections::HashMap;
+
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWConfig {
+    /// Hyper-parameters in f64: an f32 0.999 is off by 1.3e-5 relative in 1 - β2.
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0 or less: no clipping). LLaMA-Factory default 1.0.
+    pub max_grad_norm: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 }
+    }
+}
+
+/// What one optimizer step saw.
+#[derive(Clone, Copy, Debug)]
+pub struct StepStats {
+    /// Global L2 norm of the gradients before clipping.
+    pub grad_norm: f64,
+    /// False when the norm was not finite: the step was skipped and the parameters are unchanged.
+    pub applied: bool,
+}
+
+pub struct AdamW<B: Backend> {
+    pub cfg: AdamWConfig,
+    /// Moments per parameter, by var.
+    state: HashMap<VarId, (B::Storage, B::Storage)>,
+    pub step: u64,
+}
+
+impl<B: Backend> AdamW<B> {
+    pub fn new(cfg: AdamWConfig) -> Self {
+        AdamW { cfg, state: HashMap::new(), step: 0 }
+    }
+    /// Bytes of optimizer state (two f32 moments per trainable scalar once every param has stepped).
+    pub fn state_len(&self, b: &B) -> usize {
+        self.state.values().map(|(m, v)| b.len(m) + b.len(v)).sum()
+    }
+    /// Clips and applies one step with learning rate `lr` to every parameter that has a gradient.
+    pub fn step(&mut self, b: &B, params: &mut [&mut Param<B>], grads: &mut Grads<B>, lr: f64) -> Result<StepStats> {
+        let present: Vec<&B::Storage> = params.iter().filter_map(|p| grads.get_param(p)).collect();
+        let norm = b.grad_norm_sq(&present)?.sqrt();
+        if !norm.is_finite() {
+            return Ok(StepStats { grad_norm: norm, applied: false });
+        }
+        let clip = if self.cfg.max_grad_norm > 0.0 {
+            crate::backend::cpu::adamw::clip_scale(norm, self.cfg.max_grad_norm)
+        } else {
+            1.0
+        };
+        self.step += 1;
+        let hp = AdamWParams {
+            lr,
+            beta1: self.cfg.beta1,
+            beta2: self.cfg.beta2,
+            eps: self.cfg.eps,
+            weight_decay: self.cfg.weight_decay,
+            step: self.step,
+        };
+        for p in params.iter_mut() {
+            let var = p.var();
+            let Some(mut g) = grads.remove(var) else { continue };
+            if clip != 1.0 {
+                b.scale_in_place(&mut g, clip)?;
+            }
+            let n = p.elem_count();
+            if !self.state.contains_key(&var) {
+                self.state.insert(var, (b.zeros(n)?, b.zeros(n)?));
+            }
+            let (m, v) = self.state.get_mut(&var).ok_or_else(|| Error::Tape("adamw state".into()))?;
+            b.adamw_step(p.storage_mut()?, &g, m, v, &hp)?;
+        }
+        Ok(StepStats { grad_norm: norm, applied: true })
+    }
+}
