@@ -33,6 +33,7 @@ pub mod rng;
 pub mod shape;
 pub mod tape;
 pub mod tensor;
+pub mod tokenizer;
 pub mod train;
 
 pub use backend::{Backend, CpuBackend};
