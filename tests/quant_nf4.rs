@@ -328,3 +328,57 @@ fn bad_input_is_an_error() {
         "control: unmodified tensors load"
     );
 }
+
+// ---- int8 (row-wise absmax), src/quant/int8.rs
+
+/// |w - w'| <= scale_r / 2 per row (round to nearest), plus one f32 rounding of q * scale
+/// (|w'| <= absmax, so 2^-24 * absmax); an all-zero row decodes to exact zeros.
+#[test]
+fn int8_round_trip_bound() {
+    use loraforge::quant::int8::Int8Matrix;
+    let mut rng = Rng::new(5);
+    for &(rows, cols) in &[(1, 1), (3, 7), (5, 131), (16, 64)] {
+        let mut w = randn_f32(&mut rng, rows * cols, 0.1);
+        w[..cols].fill(0.0); // row 0 all zeros
+        let m = Int8Matrix::quantize(&w, rows, cols).unwrap();
+        let mut out = vec![0.0; rows * cols];
+        m.dequantize(&mut out);
+        for r in 0..rows {
+            let s = m.scales[r];
+            let absmax = w[r * cols..(r + 1) * cols]
+                .iter()
+                .fold(0.0f32, |a, v| a.max(v.abs()));
+            assert_eq!(s, absmax / 127.0, "row {r} scale");
+            let mut row = vec![0.0; cols];
+            m.dequantize_row(r, &mut row);
+            assert_eq!(row, out[r * cols..(r + 1) * cols], "row {r}");
+            for c in 0..cols {
+                let e = (w[r * cols + c] - row[c]).abs();
+                assert!(
+                    e <= s / 2.0 + absmax * 6e-8,
+                    "({r},{c}): err {e} > scale/2 {}",
+                    s / 2.0
+                );
+                assert!(m.data[r * cols + c] != -128, "q must stay in [-127, 127]");
+            }
+            // the absmax element hits +-127 exactly
+            if absmax > 0.0 {
+                assert!(
+                    m.data[r * cols..(r + 1) * cols]
+                        .iter()
+                        .any(|&q| q.unsigned_abs() == 127),
+                    "row {r}"
+                );
+            }
+        }
+        assert!(out[..cols].iter().all(|&v| v == 0.0));
+    }
+    assert!(
+        Int8Matrix::quantize(&[1.0, f32::NAN], 1, 2).is_err(),
+        "NaN input"
+    );
+    assert!(
+        Int8Matrix::quantize(&[1.0; 5], 2, 3).is_err(),
+        "wrong length"
+    );
+}

@@ -11,6 +11,7 @@
 //!   - double quantization (`compress_statistics`): offset = mean(absmax), then absmax - offset
 //!     is quantized blockwise (blocks of 256) to 8 bits with the signed dynamic map (256 values),
 //!     each nested block with its own f32 `nested_absmax`.
+//!
 //! Decoding: w = quant_map[q] * absmax[b], absmax[b] = code[qa[b]] * nested_absmax[b / 256] + offset,
 //! all in f32, then rounded to the quant state's dtype (bf16 / f16) when it is not f32.
 //!
@@ -417,6 +418,7 @@ pub fn torch_mean_f32(x: &[f32]) -> f32 {
     sum / n as f32
 }
 
+#[allow(clippy::needless_range_loop)] // written index-by-index to mirror aten's loops
 /// aten `multi_row_sum` with nrows = 4: sums `size` rows of 4 accumulators in a 4-level cascade.
 fn multi_row_sum<A: Copy + Default>(
     size: usize,
