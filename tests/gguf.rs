@@ -55,7 +55,8 @@ fn fixture_dequantizes_bit_exactly() {
         let want_view = st.tensor(name).unwrap();
         assert_eq!(want_view.dtype(), safetensors::Dtype::F32);
         assert_eq!(want_view.shape(), &[rows, cols]);
-        let want: Vec<f32> = want_view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let want: Vec<f32> =
+            want_view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
 
         let got = g.dequantize_tensor(name).unwrap();
         let bad = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
@@ -384,8 +385,14 @@ fn crafted_files_are_rejected() {
         }
         other => panic!("expected Truncated, got {other:?}"),
     }
-    assert!(matches!(Raw::header(3, 1, 0).tensor("far", &[32], 8, u64::MAX - 31).data(64).parse(), Err(Error::Truncated { .. })));
-    assert!(matches!(Raw::header(3, 1, 0).tensor("far", &[32], 8, 1 << 40).data(64).parse(), Err(Error::Truncated { .. })));
+    assert!(matches!(
+        Raw::header(3, 1, 0).tensor("far", &[32], 8, u64::MAX - 31).data(64).parse(),
+        Err(Error::Truncated { .. })
+    ));
+    assert!(matches!(
+        Raw::header(3, 1, 0).tensor("far", &[32], 8, 1 << 40).data(64).parse(),
+        Err(Error::Truncated { .. })
+    ));
 }
 
 #[test]
@@ -397,7 +404,13 @@ fn truncated_files_error_at_every_offset() {
     let data_end = g.tensors().iter().map(|t| g.data_offset() + t.offset + t.n_bytes as u64).max().unwrap() as usize;
     for cut in 0..img.len() {
         let r = GgufFile::from_bytes("cut", img[..cut].to_vec());
-        assert_eq!(r.is_ok(), cut >= data_end, "cut at {cut} of {} (data ends at {data_end}): {:?}", img.len(), r.err());
+        assert_eq!(
+            r.is_ok(),
+            cut >= data_end,
+            "cut at {cut} of {} (data ends at {data_end}): {:?}",
+            img.len(),
+            r.err()
+        );
     }
     // Files on disk: too short for a header, and cut in the middle.
     let dir = scratch("truncated");
@@ -506,8 +519,11 @@ json.dump(out, open(sys.argv[2], "w"))
             GgufValue::F64(x) => assert_eq!(pyv.as_f64().unwrap(), *x, "{k}"),
             v => assert_eq!(pyv.to_string(), v.as_int().unwrap().to_string(), "{k}"),
         }
-        assert_eq!(f["type"].as_str().unwrap().replace("UINT", "U").replace("INT", "I").replace("FLOAT", "F").to_lowercase(),
-                   v.value_type().name(), "{k}: type");
+        assert_eq!(
+            f["type"].as_str().unwrap().replace("UINT", "U").replace("INT", "I").replace("FLOAT", "F").to_lowercase(),
+            v.value_type().name(),
+            "{k}: type"
+        );
     }
     assert_eq!(py["a_string"], serde_json::json!(["a", "", "<0x0A>"]));
     let pt = py["tensors"].as_object().unwrap();
@@ -515,7 +531,8 @@ json.dump(out, open(sys.argv[2], "w"))
         let t = &pt[*name];
         assert_eq!(t["type"].as_str().unwrap(), ty.upper_name(), "{name}");
         let ne: Vec<usize> = shape.iter().rev().copied().collect();
-        let py_shape: Vec<usize> = t["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let py_shape: Vec<usize> =
+            t["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
         assert_eq!(py_shape, ne, "{name}: gguf-py reports ne (innermost first)");
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(t["bytes"].as_str().unwrap(), hex, "{name}: tensor bytes");

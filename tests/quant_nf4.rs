@@ -16,8 +16,7 @@ const CASES: [&str; 4] = ["plain_64", "double_64", "odd_rows_64", "bf16_input_64
 
 fn fixture() -> SafetensorsFile {
     let p = fixtures_dir().join("quant").join("nf4.safetensors");
-    SafetensorsFile::open(&p)
-        .unwrap_or_else(|e| panic!("NF4 fixture needed at {}: {e}", p.display()))
+    SafetensorsFile::open(&p).unwrap_or_else(|e| panic!("NF4 fixture needed at {}: {e}", p.display()))
 }
 
 fn manifest() -> serde_json::Value {
@@ -56,26 +55,14 @@ fn dequantize_matches_bitsandbytes_exactly() {
         let mut got = vec![0.0f32; m.rows * m.cols];
         m.dequantize(&mut got);
         assert_close(&got, &want, Tol::EXACT, case);
-        assert_eq!(
-            bits(&got),
-            bits(&want),
-            "{case}: bit pattern (sign of zero included)"
-        );
+        assert_eq!(bits(&got), bits(&want), "{case}: bit pattern (sign of zero included)");
         // Row by row through DequantRows (rows that straddle blocks: odd_shapes_round_trip_and_rows).
         let mut row = vec![0.0f32; m.cols];
         for r in 0..m.rows {
             m.dequantize_row(r, &mut row);
-            assert_eq!(
-                bits(&row),
-                bits(&want[r * m.cols..(r + 1) * m.cols]),
-                "{case}: row {r}"
-            );
+            assert_eq!(bits(&row), bits(&want[r * m.cols..(r + 1) * m.cols]), "{case}: row {r}");
         }
-        let want_dtype = if case.starts_with("bf16") {
-            DType::BF16
-        } else {
-            DType::F32
-        };
+        let want_dtype = if case.starts_with("bf16") { DType::BF16 } else { DType::F32 };
         assert_eq!(m.dtype, want_dtype, "{case}: dtype from quant state");
     }
 }
@@ -95,48 +82,26 @@ fn quantize_reproduces_bitsandbytes_bytes() {
         let want = load(&f, case);
         let input = f.tensor_f32(&format!("{case}.input")).unwrap();
         let dq = matches!(want.absmax, Nf4Absmax::Double { .. });
-        let got =
-            Nf4Matrix::quantize_as(&input, want.rows, want.cols, want.blocksize, dq, want.dtype)
-                .unwrap();
+        let got = Nf4Matrix::quantize_as(&input, want.rows, want.cols, want.blocksize, dq, want.dtype).unwrap();
         assert_eq!(got.packed, want.packed, "{case}: packed NF4 bytes");
         match (&got.absmax, &want.absmax) {
             (Nf4Absmax::Plain(a), Nf4Absmax::Plain(b)) => {
                 assert_eq!(bits(a), bits(b), "{case}: absmax")
             }
             (
-                Nf4Absmax::Double {
-                    q,
-                    nested_absmax,
-                    offset,
-                    code,
-                    ..
-                },
-                Nf4Absmax::Double {
-                    q: q2,
-                    nested_absmax: n2,
-                    offset: o2,
-                    ..
-                },
+                Nf4Absmax::Double { q, nested_absmax, offset, code, .. },
+                Nf4Absmax::Double { q: q2, nested_absmax: n2, offset: o2, .. },
             ) => {
-                assert_eq!(
-                    offset.to_bits(),
-                    o2.to_bits(),
-                    "{case}: offset {offset} vs {o2}"
-                );
+                assert_eq!(offset.to_bits(), o2.to_bits(), "{case}: offset {offset} vs {o2}");
                 assert_eq!(bits(nested_absmax), bits(n2), "{case}: nested absmax");
                 let mut mismatches = 0;
                 for i in 0..q.len() {
                     if q[i] != q2[i] {
                         mismatches += 1;
                         let (a, b) = (q[i] as usize, q2[i] as usize);
-                        assert_eq!(
-                            a.abs_diff(b),
-                            1,
-                            "{case}: absmax code {i}: {a} vs {b} not adjacent"
-                        );
+                        assert_eq!(a.abs_diff(b), 1, "{case}: absmax code {i}: {a} vs {b} not adjacent");
                         let mid = (code[a] as f64 + code[b] as f64) / 2.0;
-                        let blk =
-                            &input[i * want.blocksize..((i + 1) * want.blocksize).min(input.len())];
+                        let blk = &input[i * want.blocksize..((i + 1) * want.blocksize).min(input.len())];
                         let am = blk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                         let z = ((am - offset) / nested_absmax[i / 256]) as f64;
                         assert!(
@@ -166,11 +131,7 @@ fn round_trip_within_manifest_bound() {
         let m = Nf4Matrix::quantize_as(&input, want.rows, want.cols, 64, dq, want.dtype).unwrap();
         let mut out = vec![0.0; input.len()];
         m.dequantize(&mut out);
-        let err = input
-            .iter()
-            .zip(&out)
-            .map(|(a, b)| (a - b).abs() as f64)
-            .fold(0.0, f64::max);
+        let err = input.iter().zip(&out).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
         // bitsandbytes' bound, plus nothing: our bytes are (almost) its bytes
         assert!(err <= bound, "{case}: max err {err} > {bound}");
     }
@@ -180,13 +141,9 @@ fn round_trip_within_manifest_bound() {
 #[test]
 fn odd_shapes_round_trip_and_rows() {
     let mut rng = Rng::new(7);
-    for &(rows, cols, bs, dq) in &[
-        (1, 1, 64, false),
-        (3, 7, 64, true),
-        (5, 97, 64, true),
-        (37, 131, 64, true),
-        (2, 50, 32, false),
-    ] {
+    for &(rows, cols, bs, dq) in
+        &[(1, 1, 64, false), (3, 7, 64, true), (5, 97, 64, true), (37, 131, 64, true), (2, 50, 32, false)]
+    {
         let w = randn_f32(&mut rng, rows * cols, 0.02);
         let m = Nf4Matrix::quantize(&w, rows, cols, bs, dq).unwrap();
         m.validate().unwrap();
@@ -195,28 +152,20 @@ fn odd_shapes_round_trip_and_rows() {
         let mut row = vec![0.0; cols];
         for r in 0..rows {
             m.dequantize_row(r, &mut row);
-            assert_eq!(
-                bits(&row),
-                bits(&full[r * cols..(r + 1) * cols]),
-                "{rows}x{cols}: row {r}"
-            );
+            assert_eq!(bits(&row), bits(&full[r * cols..(r + 1) * cols]), "{rows}x{cols}: row {r}");
         }
         // Per element: |w - w'| <= absmax_b * (largest NF4 half-gap, between -1 and -0.6961928: (1 - 0.6961928) / 2
         // = 0.1519) + the double-quant absmax error (half an 8-bit code step, <= 0.0071 of the nested
         // absmax, which is <= absmax_max; 0.02 * am is loose but these matrices have similar blocks).
         for (i, (&a, &b)) in w.iter().zip(&full).enumerate() {
-            let am = w[(i / bs) * bs..((i / bs + 1) * bs).min(w.len())]
-                .iter()
-                .fold(0.0f32, |m, v| m.max(v.abs()));
+            let am = w[(i / bs) * bs..((i / bs + 1) * bs).min(w.len())].iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let tol = am * 0.1520 + if dq { 0.02 * am } else { 0.0 } + 1e-7;
             assert!((a - b).abs() <= tol, "{rows}x{cols} elem {i}: {a} vs {b}");
         }
         // and HF round trip through the tensor names
         let t = m.to_hf_tensors("layer");
         let back = Nf4Matrix::from_hf_tensors("layer", |n| {
-            t.iter()
-                .find(|x| x.0 == n)
-                .map(|x| (x.1, x.2.clone(), x.3.as_slice()))
+            t.iter().find(|x| x.0 == n).map(|x| (x.1, x.2.clone(), x.3.as_slice()))
         })
         .unwrap();
         assert_eq!(back, m);
@@ -232,12 +181,7 @@ fn to_hf_tensors_matches_fixture_bytes() {
         for (name, dtype, shape, bytes) in m.to_hf_tensors(case) {
             let (d, s, b) = f.raw(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!((dtype, &shape), (d, &s), "{name}: dtype/shape");
-            assert_eq!(
-                bytes,
-                b,
-                "{name}: bytes ({})",
-                String::from_utf8_lossy(&bytes)
-            );
+            assert_eq!(bytes, b, "{name}: bytes ({})", String::from_utf8_lossy(&bytes));
         }
     }
 }
@@ -250,13 +194,8 @@ fn torch_mean_order() {
     for case in ["double_64", "odd_rows_64", "bf16_input_64"] {
         let m = load(&f, case);
         let input = f.tensor_f32(&format!("{case}.input")).unwrap();
-        let am: Vec<f32> = input
-            .chunks(64)
-            .map(|b| b.iter().fold(0.0f32, |m, v| m.max(v.abs())))
-            .collect();
-        let Nf4Absmax::Double { offset, .. } = m.absmax else {
-            panic!()
-        };
+        let am: Vec<f32> = input.chunks(64).map(|b| b.iter().fold(0.0f32, |m, v| m.max(v.abs()))).collect();
+        let Nf4Absmax::Double { offset, .. } = m.absmax else { panic!() };
         assert_eq!(torch_mean_f32(&am).to_bits(), offset.to_bits(), "{case}");
     }
     // Long inputs go through the cascade: stays within 1e-6 relative of the f64 mean.
@@ -265,24 +204,15 @@ fn torch_mean_order() {
         let v = rand_f32(&mut rng, n, 0.0, 1.0);
         let exact = v.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
         let got = torch_mean_f32(&v) as f64;
-        assert!(
-            (got - exact).abs() <= 1e-6 * exact,
-            "n={n}: {got} vs {exact}"
-        );
+        assert!((got - exact).abs() <= 1e-6 * exact, "n={n}: {got} vs {exact}");
     }
 }
 
 #[test]
 fn bad_input_is_an_error() {
-    assert!(
-        Nf4Matrix::quantize(&[0.0; 10], 3, 4, 64, false).is_err(),
-        "wrong length"
-    );
+    assert!(Nf4Matrix::quantize(&[0.0; 10], 3, 4, 64, false).is_err(), "wrong length");
     assert!(Nf4Matrix::quantize(&[], 0, 4, 64, false).is_err(), "empty");
-    assert!(
-        Nf4Matrix::quantize(&[0.0; 4], 1, 4, 0, false).is_err(),
-        "blocksize 0"
-    );
+    assert!(Nf4Matrix::quantize(&[0.0; 4], 1, 4, 0, false).is_err(), "blocksize 0");
     let f = fixture();
     let m = load(&f, "double_64");
     let t = m.to_hf_tensors("x");
@@ -292,11 +222,7 @@ fn bad_input_is_an_error() {
         for x in t2.iter_mut().filter(|x| x.0.ends_with(replace)) {
             x.3 = with.clone();
         }
-        Nf4Matrix::from_hf_tensors("x", |n| {
-            t2.iter()
-                .find(|x| x.0 == n)
-                .map(|x| (x.1, x.2.clone(), x.3.as_slice()))
-        })
+        Nf4Matrix::from_hf_tensors("x", |n| t2.iter().find(|x| x.0 == n).map(|x| (x.1, x.2.clone(), x.3.as_slice())))
     };
     for bad_json in [&b"not json"[..], b"{}", b"{\"quant_type\": \"fp4\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [16, 512]}",
         b"{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [16, 513], \"nested_offset\": 0.1}",
@@ -306,27 +232,12 @@ fn bad_input_is_an_error() {
         let r = get_with("bitsandbytes__nf4", bad_json.to_vec());
         assert!(r.is_err(), "accepted quant state {}", String::from_utf8_lossy(bad_json));
     }
-    assert!(
-        get_with(".weight", vec![0u8; 10]).is_err(),
-        "short packed weight"
-    );
+    assert!(get_with(".weight", vec![0u8; 10]).is_err(), "short packed weight");
     assert!(get_with(".absmax", vec![0u8; 3]).is_err(), "short absmax");
-    assert!(
-        get_with(".weight.quant_map", vec![0u8; 60]).is_err(),
-        "15 quant map values"
-    );
-    assert!(
-        get_with(".nested_absmax", vec![0u8; 6]).is_err(),
-        "ragged nested absmax"
-    );
-    assert!(
-        Nf4Matrix::from_hf_tensors("missing", |_| None).is_err(),
-        "missing tensors"
-    );
-    assert!(
-        get_with("nothing-matches", vec![]).is_ok(),
-        "control: unmodified tensors load"
-    );
+    assert!(get_with(".weight.quant_map", vec![0u8; 60]).is_err(), "15 quant map values");
+    assert!(get_with(".nested_absmax", vec![0u8; 6]).is_err(), "ragged nested absmax");
+    assert!(Nf4Matrix::from_hf_tensors("missing", |_| None).is_err(), "missing tensors");
+    assert!(get_with("nothing-matches", vec![]).is_ok(), "control: unmodified tensors load");
 }
 
 // ---- int8 (row-wise absmax), src/quant/int8.rs
@@ -345,40 +256,23 @@ fn int8_round_trip_bound() {
         m.dequantize(&mut out);
         for r in 0..rows {
             let s = m.scales[r];
-            let absmax = w[r * cols..(r + 1) * cols]
-                .iter()
-                .fold(0.0f32, |a, v| a.max(v.abs()));
+            let absmax = w[r * cols..(r + 1) * cols].iter().fold(0.0f32, |a, v| a.max(v.abs()));
             assert_eq!(s, absmax / 127.0, "row {r} scale");
             let mut row = vec![0.0; cols];
             m.dequantize_row(r, &mut row);
             assert_eq!(row, out[r * cols..(r + 1) * cols], "row {r}");
             for c in 0..cols {
                 let e = (w[r * cols + c] - row[c]).abs();
-                assert!(
-                    e <= s / 2.0 + absmax * 6e-8,
-                    "({r},{c}): err {e} > scale/2 {}",
-                    s / 2.0
-                );
+                assert!(e <= s / 2.0 + absmax * 6e-8, "({r},{c}): err {e} > scale/2 {}", s / 2.0);
                 assert!(m.data[r * cols + c] != -128, "q must stay in [-127, 127]");
             }
             // the absmax element hits +-127 exactly
             if absmax > 0.0 {
-                assert!(
-                    m.data[r * cols..(r + 1) * cols]
-                        .iter()
-                        .any(|&q| q.unsigned_abs() == 127),
-                    "row {r}"
-                );
+                assert!(m.data[r * cols..(r + 1) * cols].iter().any(|&q| q.unsigned_abs() == 127), "row {r}");
             }
         }
         assert!(out[..cols].iter().all(|&v| v == 0.0));
     }
-    assert!(
-        Int8Matrix::quantize(&[1.0, f32::NAN], 1, 2).is_err(),
-        "NaN input"
-    );
-    assert!(
-        Int8Matrix::quantize(&[1.0; 5], 2, 3).is_err(),
-        "wrong length"
-    );
+    assert!(Int8Matrix::quantize(&[1.0, f32::NAN], 1, 2).is_err(), "NaN input");
+    assert!(Int8Matrix::quantize(&[1.0; 5], 2, 3).is_err(), "wrong length");
 }

@@ -536,7 +536,9 @@ impl GgufFile {
         match version {
             2 | 3 => {}
             1 => return Err(c.err("GGUF v1 is not supported (only v2 and v3)".into())),
-            v if v.swap_bytes() <= 3 => return Err(c.err(format!("big-endian GGUF (version {}) is not supported", v.swap_bytes()))),
+            v if v.swap_bytes() <= 3 => {
+                return Err(c.err(format!("big-endian GGUF (version {}) is not supported", v.swap_bytes())))
+            }
             v => return Err(c.err(format!("unsupported GGUF version {v} (only 2 and 3)"))),
         }
         // A tensor info takes >= 24 bytes (name length, n_dims, type, offset); a pair >= 13.
@@ -580,7 +582,7 @@ impl GgufFile {
 
         let file_len = data.len() as u64;
         let data_offset = (c.pos as u64).div_ceil(alignment as u64) * alignment as u64; // no overflow: pos < 2^63
-        // Every tensor must lie inside the file, and no two may overlap.
+                                                                                        // Every tensor must lie inside the file, and no two may overlap.
         for t in &tensors {
             let start = data_offset.checked_add(t.offset);
             let end = start.and_then(|s| s.checked_add(t.n_bytes as u64));
@@ -635,11 +637,12 @@ impl GgufFile {
         }
         let cols = ne.first().copied().unwrap_or(1) as usize;
         let rows = if cols == 0 { 0 } else { n_elements as usize / cols };
-        let n_bytes = ty
-            .row_bytes(cols)
-            .ok()
-            .and_then(|rb| rb.checked_mul(rows))
-            .ok_or_else(|| c.err(format!("tensor {name}: row length {cols} is not a whole number of {ty} blocks ({})", ty.block_size())))?;
+        let n_bytes = ty.row_bytes(cols).ok().and_then(|rb| rb.checked_mul(rows)).ok_or_else(|| {
+            c.err(format!(
+                "tensor {name}: row length {cols} is not a whole number of {ty} blocks ({})",
+                ty.block_size()
+            ))
+        })?;
         let shape = ne.iter().rev().map(|&v| v as usize).collect();
         Ok(TensorInfo { name, ty, ne, shape, offset, n_bytes })
     }
@@ -838,10 +841,18 @@ impl GgufWriter {
 
     /// Adds a tensor with row-major `shape` (written to the file reversed, innermost first).
     /// `data.len()` must be the encoded size of the shape in `ty`.
-    pub fn add_tensor(&mut self, name: impl Into<String>, shape: &[usize], ty: GgmlType, data: impl Into<Bytes>) -> Result<()> {
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        shape: &[usize],
+        ty: GgmlType,
+        data: impl Into<Bytes>,
+    ) -> Result<()> {
         let (name, data) = (name.into(), data.into());
         if name.is_empty() || name.len() > MAX_TENSOR_NAME_WRITE || self.tensors.iter().any(|t| t.name == name) {
-            return Err(werr(format!("tensor name {name:?} is empty, longer than {MAX_TENSOR_NAME_WRITE} bytes or already added")));
+            return Err(werr(format!(
+                "tensor name {name:?} is empty, longer than {MAX_TENSOR_NAME_WRITE} bytes or already added"
+            )));
         }
         if shape.len() > MAX_DIMS {
             return Err(werr(format!("tensor {name}: {} dims, more than {MAX_DIMS}", shape.len())));
@@ -854,7 +865,10 @@ impl GgufWriter {
         match need {
             Some(need) if need == data.len() => {}
             _ => {
-                return Err(werr(format!("tensor {name}: shape {shape:?} in {ty} needs {need:?} bytes, got {}", data.len())));
+                return Err(werr(format!(
+                    "tensor {name}: shape {shape:?} in {ty} needs {need:?} bytes, got {}",
+                    data.len()
+                )));
             }
         }
         self.tensors.push(PendingTensor { name, shape: shape.to_vec(), ty, data });

@@ -37,10 +37,7 @@ pub struct SafetensorsFile {
 }
 
 fn ferr(path: &Path, msg: impl Into<String>) -> Error {
-    Error::Format {
-        path: path.display().to_string(),
-        msg: msg.into(),
-    }
+    Error::Format { path: path.display().to_string(), msg: msg.into() }
 }
 
 impl SafetensorsFile {
@@ -49,36 +46,23 @@ impl SafetensorsFile {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: read-only map; the file must not be modified while mapped (documented above).
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let (n, meta) = SafeTensors::read_metadata(&mmap)
-            .map_err(|e| ferr(path, format!("not a valid safetensors file: {e}")))?;
+        let (n, meta) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| ferr(path, format!("not a valid safetensors file: {e}")))?;
         let base = 8 + n;
         let mut entries = BTreeMap::new();
         for (name, info) in meta.tensors() {
             let (s, e) = info.data_offsets;
             // read_metadata already checked this; re-check so a crate change cannot make us read out of bounds.
             if s > e || base + e > mmap.len() {
-                return Err(ferr(
-                    path,
-                    format!("tensor {name}: data [{s}, {e}) outside the file"),
-                ));
+                return Err(ferr(path, format!("tensor {name}: data [{s}, {e}) outside the file")));
             }
             entries.insert(
                 name,
-                TensorEntry {
-                    dtype: info.dtype,
-                    shape: info.shape.clone(),
-                    start: base + s,
-                    end: base + e,
-                },
+                TensorEntry { dtype: info.dtype, shape: info.shape.clone(), start: base + s, end: base + e },
             );
         }
         let metadata = meta.metadata().clone().unwrap_or_default();
-        Ok(SafetensorsFile {
-            path: path.to_path_buf(),
-            mmap,
-            entries,
-            metadata,
-        })
+        Ok(SafetensorsFile { path: path.to_path_buf(), mmap, entries, metadata })
     }
 
     pub fn path(&self) -> &Path {
@@ -97,10 +81,7 @@ impl SafetensorsFile {
     }
     /// (dtype, shape, bytes) of a tensor, borrowed from the map.
     pub fn raw(&self, name: &str) -> Result<(Dtype, Vec<usize>, &[u8])> {
-        let e = self
-            .entries
-            .get(name)
-            .ok_or_else(|| ferr(&self.path, format!("no tensor named {name}")))?;
+        let e = self.entries.get(name).ok_or_else(|| ferr(&self.path, format!("no tensor named {name}")))?;
         Ok((e.dtype, e.shape.clone(), &self.mmap[e.start..e.end]))
     }
     /// A tensor converted to f32 (F32, F16, BF16; anything else is an error).
@@ -115,31 +96,15 @@ pub fn bytes_to_f32(dtype: Dtype, bytes: &[u8]) -> std::result::Result<Vec<f32>,
     let size = match dtype {
         Dtype::F32 => 4,
         Dtype::F16 | Dtype::BF16 => 2,
-        d => {
-            return Err(format!(
-                "dtype {d:?} cannot be read as f32 (only F32, F16, BF16); use raw()"
-            ))
-        }
+        d => return Err(format!("dtype {d:?} cannot be read as f32 (only F32, F16, BF16); use raw()")),
     };
     if bytes.len() % size != 0 {
-        return Err(format!(
-            "{} bytes is not a whole number of {dtype:?} values",
-            bytes.len()
-        ));
+        return Err(format!("{} bytes is not a whole number of {dtype:?} values", bytes.len()));
     }
     Ok(match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        _ => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
+        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        _ => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
     })
 }
 
@@ -159,43 +124,30 @@ impl SafetensorsDir {
         if single.is_file() {
             let f = SafetensorsFile::open(&single)?;
             let index = f.entries.keys().map(|k| (k.clone(), 0)).collect();
-            return Ok(SafetensorsDir {
-                files: vec![f],
-                index,
-            });
+            return Ok(SafetensorsDir { files: vec![f], index });
         }
         if !index_path.is_file() {
-            return Err(ferr(
-                dir,
-                "neither model.safetensors nor model.safetensors.index.json found",
-            ));
+            return Err(ferr(dir, "neither model.safetensors nor model.safetensors.index.json found"));
         }
         let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
         #[derive(serde::Deserialize)]
         struct Index {
             weight_map: BTreeMap<String, String>,
         }
-        let idx: Index = serde_json::from_str(&text)
-            .map_err(|e| ferr(&index_path, format!("bad index JSON: {e}")))?;
+        let idx: Index = serde_json::from_str(&text).map_err(|e| ferr(&index_path, format!("bad index JSON: {e}")))?;
         let mut shard_ids: BTreeMap<String, usize> = BTreeMap::new();
         let mut files = Vec::new();
         let mut index = BTreeMap::new();
         for (name, shard) in &idx.weight_map {
             if shard.contains('/') || shard.contains('\\') || shard == ".." {
-                return Err(ferr(
-                    &index_path,
-                    format!("shard name {shard:?} must be a plain file name"),
-                ));
+                return Err(ferr(&index_path, format!("shard name {shard:?} must be a plain file name")));
             }
             let id = match shard_ids.get(shard) {
                 Some(&id) => id,
                 None => {
                     let p = dir.join(shard);
                     if !p.is_file() {
-                        return Err(ferr(
-                            &index_path,
-                            format!("shard {shard} (holding {name}) is missing"),
-                        ));
+                        return Err(ferr(&index_path, format!("shard {shard} (holding {name}) is missing")));
                     }
                     files.push(SafetensorsFile::open(&p)?);
                     shard_ids.insert(shard.clone(), files.len() - 1);
@@ -203,10 +155,7 @@ impl SafetensorsDir {
                 }
             };
             if files[id].entry(name).is_none() {
-                return Err(ferr(
-                    &index_path,
-                    format!("tensor {name} is mapped to {shard}, which does not hold it"),
-                ));
+                return Err(ferr(&index_path, format!("tensor {name} is mapped to {shard}, which does not hold it")));
             }
             index.insert(name.clone(), id);
         }
@@ -228,10 +177,7 @@ impl SafetensorsDir {
             .collect()
     }
     fn file_of(&self, name: &str) -> Result<&SafetensorsFile> {
-        let &i = self
-            .index
-            .get(name)
-            .ok_or_else(|| Error::msg(format!("safetensors: no tensor named {name}")))?;
+        let &i = self.index.get(name).ok_or_else(|| Error::msg(format!("safetensors: no tensor named {name}")))?;
         Ok(&self.files[i])
     }
     pub fn raw(&self, name: &str) -> Result<(Dtype, Vec<usize>, &[u8])> {
@@ -287,27 +233,13 @@ pub fn write_safetensors<S: AsRef<str>, B: AsRef<[u8]>>(
         if bytes.as_ref().len() != need {
             return Err(ferr(
                 path,
-                format!(
-                    "tensor {name}: {} bytes for {dtype:?} {shape:?}, expected {need}",
-                    bytes.as_ref().len()
-                ),
+                format!("tensor {name}: {} bytes for {dtype:?} {shape:?}, expected {need}", bytes.as_ref().len()),
             ));
         }
-        views.push((
-            name.to_string(),
-            RawView {
-                dtype: *dtype,
-                shape,
-                data: bytes.as_ref(),
-            },
-        ));
+        views.push((name.to_string(), RawView { dtype: *dtype, shape, data: bytes.as_ref() }));
     }
-    let buf = safetensors::serialize(views, metadata)
-        .map_err(|e| ferr(path, format!("serialize: {e}")))?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| ferr(path, "not a file path"))?
-        .to_string_lossy();
+    let buf = safetensors::serialize(views, metadata).map_err(|e| ferr(path, format!("serialize: {e}")))?;
+    let file_name = path.file_name().ok_or_else(|| ferr(path, "not a file path"))?.to_string_lossy();
     let tmp = path.with_file_name(format!(".{file_name}.tmp.{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -321,11 +253,7 @@ pub fn write_safetensors<S: AsRef<str>, B: AsRef<[u8]>>(
         return Err(Error::io(path, e));
     }
     if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all(); // not supported everywhere; the rename itself is already atomic
         }

@@ -1,13 +1,17 @@
 //! LoRA linear layers (Hu et al. 2021, https://arxiv.org/abs/2106.09685):
 //!
-//!     y = W₀x + b + s · B(A · dropout(x)),   s = alpha / r   (rsLoRA: alpha / √r, Kalajdzievski 2023)
+//! ```text
+//! y = W₀x + b + s · B(A · dropout(x)),   s = alpha / r   (rsLoRA: alpha / √r, Kalajdzievski 2023)
+//! ```
 //!
 //! A: (r, d_in), Kaiming-uniform as PEFT does it (`kaiming_uniform_(a=√5)`: bound = 1/√d_in).
 //! B: (d_out, r), zeros, so an untrained adapter gives output bit-identical to the base.
 //! W₀ is frozen: dense, f16/bf16 rows or quantized blocks (QLoRA); it passes gradients to x only.
 //!
 //! DoRA (Liu et al. 2024, https://arxiv.org/abs/2402.09353), as PEFT implements it:
-//!     y = m / ‖W₀ + sBA‖_row ⊙ (W₀x + s·B(A·dropout(x))) + b
+//! ```text
+//! y = m / ‖W₀ + sBA‖_row ⊙ (W₀x + s·B(A·dropout(x))) + b
+//! ```
 //! with the row norm detached from the graph (the paper's §4.3; PEFT `weight_norm.detach()`), and
 //! m initialised to ‖W₀‖_row, so at init the scale is exactly 1.
 

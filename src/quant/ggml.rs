@@ -855,7 +855,13 @@ fn make_qkx2_quants(
 /// Shared body of the Q4_K / Q5_K reference quantizers: per 32-wide sub-block, `make_qkx2_quants`
 /// with weights av_x + |x|, then 6-bit sub-scales/mins against the largest, then codes recomputed
 /// against the rounded scales. Returns (d, dmin, packed scales, codes L in 0..=nmax).
-fn quantize_k_scale_min(x: &[f32], nmax: i32, rmin: f32, rdelta: f32, nstep: i32) -> ([u8; 2], [u8; 2], [u8; 12], [u8; QK_K]) {
+fn quantize_k_scale_min(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> ([u8; 2], [u8; 2], [u8; 12], [u8; QK_K]) {
     let mut l = [0u8; QK_K];
     let (mut scales, mut mins) = ([0.0f32; 8], [0.0f32; 8]);
     let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);

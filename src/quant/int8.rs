@@ -20,18 +20,10 @@ pub struct Int8Matrix {
 impl Int8Matrix {
     /// Quantizes a row-major (rows, cols) f32 weight. Non-finite values are an error.
     pub fn quantize(src: &[f32], rows: usize, cols: usize) -> Result<Self> {
-        let err = |msg: String| Error::Quant {
-            format: "int8".into(),
-            msg,
-        };
-        let n = rows
-            .checked_mul(cols)
-            .ok_or_else(|| err("rows * cols overflows".into()))?;
+        let err = |msg: String| Error::Quant { format: "int8".into(), msg };
+        let n = rows.checked_mul(cols).ok_or_else(|| err("rows * cols overflows".into()))?;
         if src.len() != n {
-            return Err(err(format!(
-                "src has {} values, expected {rows} x {cols} = {n}",
-                src.len()
-            )));
+            return Err(err(format!("src has {} values, expected {rows} x {cols} = {n}", src.len())));
         }
         if let Some(i) = src.iter().position(|v| !v.is_finite()) {
             return Err(err(format!("non-finite value {} at index {i}", src[i])));
@@ -44,29 +36,16 @@ impl Int8Matrix {
             let scale = absmax / 127.0;
             scales.push(scale);
             for &w in row {
-                let q = if scale == 0.0 {
-                    0.0
-                } else {
-                    (w / scale).round().clamp(-127.0, 127.0)
-                };
+                let q = if scale == 0.0 { 0.0 } else { (w / scale).round().clamp(-127.0, 127.0) };
                 data.push(q as i8);
             }
         }
-        Ok(Int8Matrix {
-            rows,
-            cols,
-            data,
-            scales,
-        })
+        Ok(Int8Matrix { rows, cols, data, scales })
     }
 
     /// Decodes the whole matrix. // out: (rows, cols)
     pub fn dequantize(&self, out: &mut [f32]) {
-        assert_eq!(
-            out.len(),
-            self.rows * self.cols,
-            "int8 dequantize: out length"
-        );
+        assert_eq!(out.len(), self.rows * self.cols, "int8 dequantize: out length");
         for r in 0..self.rows {
             self.dequantize_row(r, &mut out[r * self.cols..(r + 1) * self.cols]);
         }
@@ -82,10 +61,7 @@ impl DequantRows for Int8Matrix {
     }
     fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let s = self.scales[r];
-        for (o, &q) in out
-            .iter_mut()
-            .zip(&self.data[r * self.cols..(r + 1) * self.cols])
-        {
+        for (o, &q) in out.iter_mut().zip(&self.data[r * self.cols..(r + 1) * self.cols]) {
             *o = q as f32 * s;
         }
     }

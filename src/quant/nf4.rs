@@ -344,10 +344,7 @@ pub struct Nf4Matrix {
 pub type HfTensor<'a> = (Dtype, Vec<usize>, &'a [u8]);
 
 fn qerr(msg: impl Into<String>) -> Error {
-    Error::Quant {
-        format: "nf4".into(),
-        msg: msg.into(),
-    }
+    Error::Quant { format: "nf4".into(), msg: msg.into() }
 }
 
 /// Index of the code value nearest to `x` (f32 |x - c|, first index on ties, NaN -> 0):
@@ -420,11 +417,7 @@ pub fn torch_mean_f32(x: &[f32]) -> f32 {
 
 #[allow(clippy::needless_range_loop)] // written index-by-index to mirror aten's loops
 /// aten `multi_row_sum` with nrows = 4: sums `size` rows of 4 accumulators in a 4-level cascade.
-fn multi_row_sum<A: Copy + Default>(
-    size: usize,
-    load: impl Fn(usize, usize) -> A,
-    add: impl Fn(&mut A, A),
-) -> [A; 4] {
+fn multi_row_sum<A: Copy + Default>(size: usize, load: impl Fn(usize, usize) -> A, add: impl Fn(&mut A, A)) -> [A; 4] {
     const LEVELS: usize = 4;
     let ceil_log2 = |v: usize| {
         if v <= 2 {
@@ -513,13 +506,7 @@ struct QuantStateJson {
 
 impl Nf4Matrix {
     /// Quantizes a row-major (rows, cols) f32 weight. See `quantize_as`.
-    pub fn quantize(
-        src: &[f32],
-        rows: usize,
-        cols: usize,
-        blocksize: usize,
-        double_quant: bool,
-    ) -> Result<Self> {
+    pub fn quantize(src: &[f32], rows: usize, cols: usize, blocksize: usize, double_quant: bool) -> Result<Self> {
         Self::quantize_as(src, rows, cols, blocksize, double_quant, DType::F32)
     }
 
@@ -534,19 +521,12 @@ impl Nf4Matrix {
         double_quant: bool,
         dtype: DType,
     ) -> Result<Self> {
-        let n = rows
-            .checked_mul(cols)
-            .ok_or_else(|| qerr("rows * cols overflows"))?;
+        let n = rows.checked_mul(cols).ok_or_else(|| qerr("rows * cols overflows"))?;
         if src.len() != n {
-            return Err(qerr(format!(
-                "src has {} values, expected {rows} x {cols} = {n}",
-                src.len()
-            )));
+            return Err(qerr(format!("src has {} values, expected {rows} x {cols} = {n}", src.len())));
         }
         if n == 0 || blocksize == 0 {
-            return Err(qerr(format!(
-                "empty matrix or zero blocksize ({rows} x {cols}, blocksize {blocksize})"
-            )));
+            return Err(qerr(format!("empty matrix or zero blocksize ({rows} x {cols}, blocksize {blocksize})")));
         }
         let n_blocks = n.div_ceil(blocksize);
         let mut absmax = Vec::with_capacity(n_blocks);
@@ -564,20 +544,8 @@ impl Nf4Matrix {
             codes.push(nearest_code(0.0, &NF4_QUANT_MAP) as u8); // bitsandbytes pads with 0.0
         }
         let packed = codes.chunks(2).map(|p| (p[0] << 4) | p[1]).collect();
-        let absmax = if double_quant {
-            Self::double_quantize(&absmax)
-        } else {
-            Nf4Absmax::Plain(absmax)
-        };
-        Ok(Nf4Matrix {
-            rows,
-            cols,
-            blocksize,
-            packed,
-            absmax,
-            quant_map: NF4_QUANT_MAP,
-            dtype,
-        })
+        let absmax = if double_quant { Self::double_quantize(&absmax) } else { Nf4Absmax::Plain(absmax) };
+        Ok(Nf4Matrix { rows, cols, blocksize, packed, absmax, quant_map: NF4_QUANT_MAP, dtype })
     }
 
     /// bitsandbytes `quantize_blockwise(absmax - mean(absmax), blocksize=256)` with the dynamic
@@ -596,13 +564,7 @@ impl Nf4Matrix {
                 q.push(nearest_code(z, &DYNAMIC_MAP) as u8);
             }
         }
-        Nf4Absmax::Double {
-            q,
-            code: DYNAMIC_MAP.to_vec(),
-            nested_absmax,
-            nested_blocksize: NESTED_BLOCKSIZE,
-            offset,
-        }
+        Nf4Absmax::Double { q, code: DYNAMIC_MAP.to_vec(), nested_absmax, nested_blocksize: NESTED_BLOCKSIZE, offset }
     }
 
     pub fn n_blocks(&self) -> usize {
@@ -614,13 +576,9 @@ impl Nf4Matrix {
     pub fn block_absmax(&self, b: usize) -> f32 {
         match &self.absmax {
             Nf4Absmax::Plain(a) => a[b],
-            Nf4Absmax::Double {
-                q,
-                code,
-                nested_absmax,
-                nested_blocksize,
-                offset,
-            } => code[q[b] as usize] * nested_absmax[b / nested_blocksize] + offset,
+            Nf4Absmax::Double { q, code, nested_absmax, nested_blocksize, offset } => {
+                code[q[b] as usize] * nested_absmax[b / nested_blocksize] + offset
+            }
         }
     }
 
@@ -644,58 +602,29 @@ impl Nf4Matrix {
 
     /// Decodes the whole matrix. // out: (rows, cols)
     pub fn dequantize(&self, out: &mut [f32]) {
-        assert_eq!(
-            out.len(),
-            self.rows * self.cols,
-            "nf4 dequantize: out length"
-        );
+        assert_eq!(out.len(), self.rows * self.cols, "nf4 dequantize: out length");
         self.decode_range(0, out);
     }
 
     /// Checks every size against the others (for matrices built by hand or read from a file).
     pub fn validate(&self) -> Result<()> {
-        let n = self
-            .rows
-            .checked_mul(self.cols)
-            .ok_or_else(|| qerr("rows * cols overflows"))?;
+        let n = self.rows.checked_mul(self.cols).ok_or_else(|| qerr("rows * cols overflows"))?;
         if n == 0 || self.blocksize == 0 {
-            return Err(qerr(format!(
-                "empty matrix or zero blocksize ({} x {})",
-                self.rows, self.cols
-            )));
+            return Err(qerr(format!("empty matrix or zero blocksize ({} x {})", self.rows, self.cols)));
         }
         if self.packed.len() != n.div_ceil(2) {
-            return Err(qerr(format!(
-                "packed has {} bytes, expected {}",
-                self.packed.len(),
-                n.div_ceil(2)
-            )));
+            return Err(qerr(format!("packed has {} bytes, expected {}", self.packed.len(), n.div_ceil(2))));
         }
         let nb = self.n_blocks();
         match &self.absmax {
-            Nf4Absmax::Plain(a) if a.len() != nb => Err(qerr(format!(
-                "absmax has {} values, expected {nb}",
-                a.len()
-            ))),
+            Nf4Absmax::Plain(a) if a.len() != nb => Err(qerr(format!("absmax has {} values, expected {nb}", a.len()))),
             Nf4Absmax::Plain(_) => Ok(()),
-            Nf4Absmax::Double {
-                q,
-                code,
-                nested_absmax,
-                nested_blocksize,
-                ..
-            } => {
+            Nf4Absmax::Double { q, code, nested_absmax, nested_blocksize, .. } => {
                 if q.len() != nb {
-                    return Err(qerr(format!(
-                        "quantized absmax has {} values, expected {nb}",
-                        q.len()
-                    )));
+                    return Err(qerr(format!("quantized absmax has {} values, expected {nb}", q.len())));
                 }
                 if code.len() != 256 {
-                    return Err(qerr(format!(
-                        "nested quant map has {} values, expected 256",
-                        code.len()
-                    )));
+                    return Err(qerr(format!("nested quant map has {} values, expected 256", code.len())));
                 }
                 if *nested_blocksize == 0 || nested_absmax.len() != nb.div_ceil(*nested_blocksize) {
                     return Err(qerr(format!(
@@ -713,61 +642,36 @@ impl Nf4Matrix {
     /// quantized `.weight.nested_absmax`, `.weight.nested_quant_map`; the JSON quant state
     /// `.weight.quant_state.bitsandbytes__nf4` gives shape, blocksize, dtype and offset.
     /// `prefix` is the module name, e.g. "model.layers.0.self_attn.q_proj".
-    pub fn from_hf_tensors<'a>(
-        prefix: &str,
-        get: impl Fn(&str) -> Option<HfTensor<'a>>,
-    ) -> Result<Self> {
+    pub fn from_hf_tensors<'a>(prefix: &str, get: impl Fn(&str) -> Option<HfTensor<'a>>) -> Result<Self> {
         let name = |s: &str| format!("{prefix}.weight{s}");
-        let need =
-            |s: &str| get(&name(s)).ok_or_else(|| qerr(format!("missing tensor {}", name(s))));
+        let need = |s: &str| get(&name(s)).ok_or_else(|| qerr(format!("missing tensor {}", name(s))));
         let (_, _, qs_bytes) = need(".quant_state.bitsandbytes__nf4")?;
-        let qs: QuantStateJson = serde_json::from_slice(qs_bytes).map_err(|e| {
-            qerr(format!(
-                "{}: bad quant state JSON: {e}",
-                name(".quant_state.bitsandbytes__nf4")
-            ))
-        })?;
+        let qs: QuantStateJson = serde_json::from_slice(qs_bytes)
+            .map_err(|e| qerr(format!("{}: bad quant state JSON: {e}", name(".quant_state.bitsandbytes__nf4"))))?;
         if qs.quant_type != "nf4" {
-            return Err(qerr(format!(
-                "{prefix}: quant_type {:?} is not supported (only nf4)",
-                qs.quant_type
-            )));
+            return Err(qerr(format!("{prefix}: quant_type {:?} is not supported (only nf4)", qs.quant_type)));
         }
         let dtype = dtype_from_torch(&qs.dtype)?;
         let (rows, cols) = match qs.shape[..] {
             [r, c] => (r, c),
             [c] => (1, c),
-            _ => {
-                return Err(qerr(format!(
-                    "{prefix}: quant state shape {:?} is not 1-D or 2-D",
-                    qs.shape
-                )))
-            }
+            _ => return Err(qerr(format!("{prefix}: quant state shape {:?} is not 1-D or 2-D", qs.shape))),
         };
         // The packed storage may be any dtype (quant_storage); only its bytes matter.
         let (_, _, packed) = need("")?;
         let (am_dtype, _, am_bytes) = need(".absmax")?;
         let quant_map: [f32; 16] = f32_vec(&need(".quant_map")?, &name(".quant_map"))?
             .try_into()
-            .map_err(|v: Vec<f32>| {
-                qerr(format!(
-                    "{}: {} values, expected 16",
-                    name(".quant_map"),
-                    v.len()
-                ))
-            })?;
+            .map_err(|v: Vec<f32>| qerr(format!("{}: {} values, expected 16", name(".quant_map"), v.len())))?;
         let absmax = match am_dtype {
             Dtype::U8 => {
                 let nested_absmax = f32_vec(&need(".nested_absmax")?, &name(".nested_absmax"))?;
                 let code = f32_vec(&need(".nested_quant_map")?, &name(".nested_quant_map"))?;
-                let offset = qs
-                    .nested_offset
-                    .ok_or_else(|| qerr(format!("{prefix}: quant state has no nested_offset")))?;
+                let offset =
+                    qs.nested_offset.ok_or_else(|| qerr(format!("{prefix}: quant state has no nested_offset")))?;
                 if let Some(d) = &qs.nested_dtype {
                     if dtype_from_torch(d)? != DType::F32 {
-                        return Err(qerr(format!(
-                            "{prefix}: nested_dtype {d:?} is not supported (only float32)"
-                        )));
+                        return Err(qerr(format!("{prefix}: nested_dtype {d:?} is not supported (only float32)")));
                     }
                 }
                 Nf4Absmax::Double {
@@ -778,25 +682,10 @@ impl Nf4Matrix {
                     offset: offset as f32,
                 }
             }
-            Dtype::F32 => {
-                Nf4Absmax::Plain(f32_vec(&(am_dtype, vec![], am_bytes), &name(".absmax"))?)
-            }
-            d => {
-                return Err(qerr(format!(
-                    "{}: dtype {d:?}, expected F32 or U8",
-                    name(".absmax")
-                )))
-            }
+            Dtype::F32 => Nf4Absmax::Plain(f32_vec(&(am_dtype, vec![], am_bytes), &name(".absmax"))?),
+            d => return Err(qerr(format!("{}: dtype {d:?}, expected F32 or U8", name(".absmax")))),
         };
-        let m = Nf4Matrix {
-            rows,
-            cols,
-            blocksize: qs.blocksize,
-            packed: packed.to_vec(),
-            absmax,
-            quant_map,
-            dtype,
-        };
+        let m = Nf4Matrix { rows, cols, blocksize: qs.blocksize, packed: packed.to_vec(), absmax, quant_map, dtype };
         m.validate().map_err(|e| qerr(format!("{prefix}: {e}")))?;
         Ok(m)
     }
@@ -813,36 +702,13 @@ impl Nf4Matrix {
             self.rows,
             self.cols
         );
-        let mut out = vec![(
-            name(""),
-            Dtype::U8,
-            vec![self.packed.len(), 1],
-            self.packed.clone(),
-        )];
+        let mut out = vec![(name(""), Dtype::U8, vec![self.packed.len(), 1], self.packed.clone())];
         match &self.absmax {
-            Nf4Absmax::Plain(a) => {
-                out.push((name(".absmax"), Dtype::F32, vec![a.len()], f32_bytes(a)))
-            }
-            Nf4Absmax::Double {
-                q,
-                code,
-                nested_absmax,
-                nested_blocksize,
-                offset,
-            } => {
+            Nf4Absmax::Plain(a) => out.push((name(".absmax"), Dtype::F32, vec![a.len()], f32_bytes(a))),
+            Nf4Absmax::Double { q, code, nested_absmax, nested_blocksize, offset } => {
                 out.push((name(".absmax"), Dtype::U8, vec![q.len()], q.clone()));
-                out.push((
-                    name(".nested_absmax"),
-                    Dtype::F32,
-                    vec![nested_absmax.len()],
-                    f32_bytes(nested_absmax),
-                ));
-                out.push((
-                    name(".nested_quant_map"),
-                    Dtype::F32,
-                    vec![code.len()],
-                    f32_bytes(code),
-                ));
+                out.push((name(".nested_absmax"), Dtype::F32, vec![nested_absmax.len()], f32_bytes(nested_absmax)));
+                out.push((name(".nested_quant_map"), Dtype::F32, vec![code.len()], f32_bytes(code)));
                 // Python prints the f64 of the f32 offset with the shortest repr, as ryu does.
                 let off = serde_json::to_string(&(*offset as f64)).unwrap_or_else(|_| "NaN".into());
                 json += &format!(
@@ -851,19 +717,9 @@ impl Nf4Matrix {
             }
         }
         json.push('}');
-        out.push((
-            name(".quant_map"),
-            Dtype::F32,
-            vec![16],
-            f32_bytes(&self.quant_map),
-        ));
+        out.push((name(".quant_map"), Dtype::F32, vec![16], f32_bytes(&self.quant_map)));
         let jb = json.into_bytes();
-        out.push((
-            name(".quant_state.bitsandbytes__nf4"),
-            Dtype::U8,
-            vec![jb.len()],
-            jb,
-        ));
+        out.push((name(".quant_state.bitsandbytes__nf4"), Dtype::U8, vec![jb.len()], jb));
         out
     }
 }
@@ -874,15 +730,9 @@ fn f32_vec(t: &HfTensor<'_>, what: &str) -> Result<Vec<f32>> {
         return Err(qerr(format!("{what}: dtype {:?}, expected F32", t.0)));
     }
     if t.2.len() % 4 != 0 {
-        return Err(qerr(format!(
-            "{what}: {} bytes is not a whole number of f32",
-            t.2.len()
-        )));
+        return Err(qerr(format!("{what}: {} bytes is not a whole number of f32", t.2.len())));
     }
-    Ok(t.2
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+    Ok(t.2.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
 impl DequantRows for Nf4Matrix {
@@ -906,12 +756,7 @@ impl DequantRows for Nf4Matrix {
     fn storage_bytes(&self) -> usize {
         let am = match &self.absmax {
             Nf4Absmax::Plain(a) => a.len() * 4,
-            Nf4Absmax::Double {
-                q,
-                code,
-                nested_absmax,
-                ..
-            } => q.len() + code.len() * 4 + nested_absmax.len() * 4 + 4,
+            Nf4Absmax::Double { q, code, nested_absmax, .. } => q.len() + code.len() * 4 + nested_absmax.len() * 4 + 4,
         };
         self.packed.len() + am + 16 * 4
     }

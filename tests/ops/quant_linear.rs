@@ -12,14 +12,8 @@ use loraforge::rng::Rng;
 
 /// (N, d_in, d_out): 1, primes, d_in not a multiple of 64 (NF4 blocks then straddle rows),
 /// d_out > 128 (more than one panel, last panel partial), N >= 128 (two threads on 2 cores).
-const SHAPES: [(usize, usize, usize); 6] = [
-    (1, 1, 1),
-    (1, 64, 3),
-    (3, 67, 5),
-    (7, 131, 257),
-    (2, 320, 129),
-    (130, 37, 11),
-];
+const SHAPES: [(usize, usize, usize); 6] =
+    [(1, 1, 1), (1, 64, 3), (3, 67, 5), (7, 131, 257), (2, 320, 129), (130, 37, 11)];
 
 fn dense(w: &dyn DequantRows) -> Vec<f32> {
     let mut d = vec![0.0; w.rows() * w.cols()];
@@ -30,25 +24,13 @@ fn dense(w: &dyn DequantRows) -> Vec<f32> {
 }
 
 /// Runs `check` on an NF4 (double quant), an int8 and a dense weight of shape (d_out, d_in).
-fn for_each_format(
-    rng: &mut Rng,
-    d_in: usize,
-    d_out: usize,
-    mut check: impl FnMut(&dyn DequantRows, &str),
-) {
+fn for_each_format(rng: &mut Rng, d_in: usize, d_out: usize, mut check: impl FnMut(&dyn DequantRows, &str)) {
     let w = randn_f32(rng, d_out * d_in, 0.05);
     let nf4 = Nf4Matrix::quantize(&w, d_out, d_in, 64, true).unwrap();
     check(&nf4, "nf4");
     let i8m = Int8Matrix::quantize(&w, d_out, d_in).unwrap();
     check(&i8m, "int8");
-    check(
-        &DenseRows {
-            data: &w,
-            rows: d_out,
-            cols: d_in,
-        },
-        "f32",
-    );
+    check(&DenseRows { data: &w, rows: d_out, cols: d_in }, "f32");
 }
 
 /// Forward vs the spec. Tol::F32: same products, only the summation order may differ once
@@ -63,14 +45,7 @@ fn forward_matches_matmul_spec() {
             let wd = dense(w);
             for b in [None, Some(bias.as_slice())] {
                 let mut want = vec![0.0f32; n * d_out];
-                matmul_forward(
-                    &mut want,
-                    &x,
-                    &wd,
-                    b,
-                    MatmulDims::linear(n, d_out, d_in),
-                    false,
-                );
+                matmul_forward(&mut want, &x, &wd, b, MatmulDims::linear(n, d_out, d_in), false);
                 let mut got = vec![f32::NAN; n * d_out + 1]; // NaN: forward must overwrite
                 got[n * d_out] = 123.0; // sentinel after the output
                 quant_linear_forward(&mut got[..n * d_out], &x, w, b);
@@ -97,24 +72,11 @@ fn backward_matches_matmul_spec_and_accumulates() {
         for_each_format(&mut rng, d_in, d_out, |w, fmt| {
             let wd = dense(w);
             let mut want = dx0.clone();
-            matmul_backward(
-                Some(&mut want),
-                None,
-                None,
-                &dy,
-                &x,
-                &wd,
-                MatmulDims::linear(n, d_out, d_in),
-            );
+            matmul_backward(Some(&mut want), None, None, &dy, &x, &wd, MatmulDims::linear(n, d_out, d_in));
             let mut got = dx0.clone();
             quant_linear_backward(&mut got, &dy, w);
             // Tol::F32 as forward: d_out <= 257 terms; the +dx0 adds one rounding.
-            assert_close(
-                &got,
-                &want,
-                Tol::F32,
-                &format!("{fmt} bwd {n}x{d_in}->{d_out}"),
-            );
+            assert_close(&got, &want, Tol::F32, &format!("{fmt} bwd {n}x{d_in}->{d_out}"));
         });
     }
 }
@@ -138,15 +100,7 @@ fn backward_matches_finite_differences() {
             let fd = finite_diff(&to_f64(&x), 0.5, loss);
             let mut dx = vec![0.0f32; n * d_in];
             quant_linear_backward(&mut dx, &r32, w);
-            assert_close(
-                &dx,
-                &fd,
-                Tol {
-                    abs: 1e-4,
-                    rel: 1e-3,
-                },
-                &format!("{fmt} FD {n}x{d_in}->{d_out}"),
-            );
+            assert_close(&dx, &fd, Tol { abs: 1e-4, rel: 1e-3 }, &format!("{fmt} FD {n}x{d_in}->{d_out}"));
         });
     }
 }
@@ -161,14 +115,7 @@ fn larger_nf4_layer() {
     let wd = dense(&nf4);
     let x = rand_f32(&mut rng, n * d_in, -1.0, 1.0);
     let mut want = vec![0.0f32; n * d_out];
-    matmul_forward(
-        &mut want,
-        &x,
-        &wd,
-        None,
-        MatmulDims::linear(n, d_out, d_in),
-        false,
-    );
+    matmul_forward(&mut want, &x, &wd, None, MatmulDims::linear(n, d_out, d_in), false);
     let mut got = vec![0.0f32; n * d_out];
     quant_linear_forward(&mut got, &x, &nf4, None);
     // 1000-term sums of size ~0.02: f32 GEMM error ~1e-6; NMSE limit 1e-10 ~ (1e-5 relative)^2

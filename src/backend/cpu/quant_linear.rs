@@ -22,9 +22,7 @@ const PANEL: usize = 128;
 const MIN_ROWS_PER_THREAD: usize = 64;
 
 fn n_threads(n: usize) -> usize {
-    let hw = std::thread::available_parallelism()
-        .map(|p| p.get())
-        .unwrap_or(1);
+    let hw = std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1);
     hw.min(n / MIN_ROWS_PER_THREAD).max(1)
 }
 
@@ -36,16 +34,8 @@ pub fn quant_linear_forward(
     bias: Option<&[f32]>, // (d_out)
 ) {
     let (d_out, d_in) = (w.rows(), w.cols());
-    assert_eq!(
-        x.len() % d_in.max(1),
-        0,
-        "quant_linear_forward: x length {} vs d_in {d_in}",
-        x.len()
-    );
-    let n = x
-        .len()
-        .checked_div(d_in)
-        .unwrap_or(out.len() / d_out.max(1));
+    assert_eq!(x.len() % d_in.max(1), 0, "quant_linear_forward: x length {} vs d_in {d_in}", x.len());
+    let n = x.len().checked_div(d_in).unwrap_or(out.len() / d_out.max(1));
     assert_eq!(out.len(), n * d_out, "quant_linear_forward: out length");
     if let Some(b) = bias {
         assert_eq!(b.len(), d_out, "quant_linear_forward: bias length");
@@ -88,14 +78,7 @@ fn forward_rows(out: &mut [f32], x: &[f32], w: &dyn DequantRows, bias: Option<&[
             w.dequantize_row(r0 + r, &mut panel[r * d_in..(r + 1) * d_in]);
         }
         let b = bias.map(|b| &b[r0..r0 + p]);
-        matmul(
-            &mut tmp[..n * p],
-            x,
-            &panel[..p * d_in],
-            b,
-            MatmulDims::linear(n, p, d_in),
-            false,
-        );
+        matmul(&mut tmp[..n * p], x, &panel[..p * d_in], b, MatmulDims::linear(n, p, d_in), false);
         for i in 0..n {
             out[i * d_out + r0..i * d_out + r0 + p].copy_from_slice(&tmp[i * p..(i + 1) * p]);
         }
@@ -110,16 +93,8 @@ pub fn quant_linear_backward(
     w: &dyn DequantRows, // (d_out, d_in)
 ) {
     let (d_out, d_in) = (w.rows(), w.cols());
-    assert_eq!(
-        dy.len() % d_out.max(1),
-        0,
-        "quant_linear_backward: dy length {} vs d_out {d_out}",
-        dy.len()
-    );
-    let n = dy
-        .len()
-        .checked_div(d_out)
-        .unwrap_or(dx.len() / d_in.max(1));
+    assert_eq!(dy.len() % d_out.max(1), 0, "quant_linear_backward: dy length {} vs d_out {d_out}", dy.len());
+    let n = dy.len().checked_div(d_out).unwrap_or(dx.len() / d_in.max(1));
     assert_eq!(dx.len(), n * d_in, "quant_linear_backward: dx length");
     if n == 0 || d_out == 0 || d_in == 0 {
         return;
@@ -152,13 +127,6 @@ fn backward_rows(dx: &mut [f32], dy: &[f32], w: &dyn DequantRows, n: usize) {
             dy_p[i * p..(i + 1) * p].copy_from_slice(&dy[i * d_out + r0..i * d_out + r0 + p]);
         }
         // dx (N, d_in) += dy_p (N, P) . panel (P, d_in)
-        matmul(
-            dx,
-            &dy_p[..n * p],
-            &panel[..p * d_in],
-            None,
-            MatmulDims::new(n, d_in, p),
-            true,
-        );
+        matmul(dx, &dy_p[..n * p], &panel[..p * d_in], None, MatmulDims::new(n, d_in, p), true);
     }
 }
