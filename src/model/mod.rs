@@ -1,9 +1,13 @@
 //! Models. `block` is the Llama-family decoder layer built from the ops (the same code serves
 //! llama, mistral, qwen2/3 and gemma variants through `BlockConfig`); `transformer` the whole
-//! decoder-only model around it.
+//! decoder-only model around it; `config` the one config type; `load` reads model files.
 
 pub mod block;
+pub mod config;
+pub mod load;
 pub mod transformer;
 
 pub use block::{BlockConfig, DecoderLayer, FrozenStore, LayerInputs, Proj};
+pub use config::ModelConfig;
+pub use load::{load_gguf, AdapterSpec};
 pub use transformer::{Batch, Transformer};

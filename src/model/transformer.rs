@@ -139,3 +139,32 @@ impl<B: Backend> Transformer<B> {
         ops::linear_cross_entropy(tape, &h, head, &batch.targets, self.final_softcap)
     }
 }
+
+impl<B: Backend> Transformer<B> {
+    /// Logits (B*T, V) for a batch, with no tape kept (inference).
+    pub fn logits(&self, batch: &Batch) -> Result<Vec<f32>> {
+        let mut tape = Tape::new();
+        let h = self.hidden(&mut tape, batch, false, 0)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let mut z = ops::linear(&mut tape, &h, head, None)?.to_vec()?;
+        if let Some(cap) = self.final_softcap {
+            z.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+        }
+        Ok(z)
+    }
+}
+
+impl Batch {
+    /// One row of token ids, for inference.
+    pub fn single(ids: &[u32]) -> Self {
+        let t = ids.len();
+        Batch {
+            b: 1,
+            t,
+            ids: ids.into(),
+            targets: vec![-100; t],
+            positions: (0..t as u32).collect::<Vec<_>>().into(),
+            segment_ids: None,
+        }
+    }
+}
