@@ -54,8 +54,9 @@ fn main() -> loraforge::Result<()> {
     let lora = LoraConfig { rank: 16, alpha: 32.0, ..Default::default() };
     let targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
     // Dense weights per layer: 2048·(2048 + 512 + 512 + 2048) + 3·2048·8192 = 60.8M params.
-    // Forward 2·60.8M FLOP/token + attention 4·T·2048/2 (causal); backward ≈ 2× forward (dX only
-    // for frozen weights is 1×, plus LoRA's small dA/dB): count 2× forward for frozen, i.e. 3× total.
+    // Forward 2·60.8M FLOP/token + attention 4·T·2048/2 (causal). Backward of a frozen weight is dX
+    // only (1× forward; LoRA's dA/dB are < 1% more), so a step is 2× forward, and 3× with
+    // checkpointing, which runs the forward again.
     let params = 2048.0 * (2048.0 + 512.0 + 512.0 + 2048.0) + 3.0 * 2048.0 * 8192.0;
     let flops_fwd = t as f64 * (2.0 * params + 2.0 * t as f64 * 2048.0);
     let nf4: FrozenStore =
@@ -93,7 +94,7 @@ fn main() -> loraforge::Result<()> {
                 checkpoint,
                 med * 1e3,
                 t as f64 / med,
-                3.0 * flops_fwd / med / 1e9,
+                (if checkpoint { 3.0 } else { 2.0 }) * flops_fwd / med / 1e9,
                 (be.memory().peak - base_mem) as f64 / (1 << 20) as f64,
             );
         }

@@ -55,8 +55,7 @@ fn main() -> loraforge::Result<()> {
     let t0 = Instant::now();
     let mut model = Transformer::random(&be, &block, n_layers, 49152, &targets, &lora, &FrozenStore::Dense, &mut rng)?;
     println!(
-        "setup: {} ({} layers, random init) in {:.1}s; LoRA r={rank} on {} projections: {} trainable parameters; device {}",
-        "SmolLM2-135M shape",
+        "setup: SmolLM2-135M shape ({} layers, random init) in {:.1}s; LoRA r={rank} on {} projections: {} trainable parameters; device {}",
         n_layers,
         t0.elapsed().as_secs_f64(),
         targets.len(),

@@ -21,6 +21,10 @@
 //! `ops::linear_cross_entropy`, call `tape.backward(&loss)`, and hand the `Grads` of each `Param`
 //! to `train::AdamW`.
 
+// Spec code indexes several arrays with one loop variable (out[r*c+i] = x[r*c+i] * w[i]); an
+// index loop is the clearest form of such formulas, so clippy's iterator rewrite is off.
+#![allow(clippy::needless_range_loop)]
+
 pub mod backend;
 pub mod dtype;
 pub mod error;

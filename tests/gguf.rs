@@ -169,7 +169,9 @@ fn random_tensors(rng: &mut Rng) -> Vec<(&'static str, Vec<usize>, GgmlType, Vec
     out
 }
 
-fn build(alignment: u32, rng: &mut Rng) -> (GgufWriter, Vec<(&'static str, Vec<usize>, GgmlType, Vec<u8>)>) {
+type Built = Vec<(&'static str, Vec<usize>, GgmlType, Vec<u8>)>;
+
+fn build(alignment: u32, rng: &mut Rng) -> (GgufWriter, Built) {
     let mut w = if alignment == 32 { GgufWriter::new() } else { GgufWriter::with_alignment(alignment).unwrap() };
     for (k, v) in every_value() {
         w.add(k, v).unwrap();

@@ -182,7 +182,7 @@ fn adamw_updates_only_trainable_params() {
     let cfg = LoraConfig { rank: 4, alpha: 8.0, ..Default::default() };
     let (be, mut lora, x, w) = setup(&cfg, true, 10);
     let mut opt = AdamW::new(AdamWConfig { lr: 1e-2, ..Default::default() });
-    let targets: Vec<i32> = (0..7).map(|i| (i * 3 % 13) as i32).collect();
+    let targets: Vec<i32> = (0..7).map(|i| i * 3 % 13).collect();
     let head = Weight::Dense(Tensor::from_slice(&be, &randn_f32(&mut Rng::new(1), 13 * 13, 0.5), [13, 13]).unwrap());
     let mut losses = Vec::new();
     for _ in 0..20 {

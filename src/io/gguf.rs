@@ -636,7 +636,7 @@ impl GgufFile {
             return Err(c.err(format!("tensor {name}: offset {offset} is not a multiple of the alignment {alignment}")));
         }
         let cols = ne.first().copied().unwrap_or(1) as usize;
-        let rows = if cols == 0 { 0 } else { n_elements as usize / cols };
+        let rows = (n_elements as usize).checked_div(cols).unwrap_or(0);
         let n_bytes = ty.row_bytes(cols).ok().and_then(|rb| rb.checked_mul(rows)).ok_or_else(|| {
             c.err(format!(
                 "tensor {name}: row length {cols} is not a whole number of {ty} blocks ({})",

@@ -72,8 +72,7 @@ impl ModelConfig {
         let sliding = self.is_sliding(l);
         let theta = if sliding { self.rope_local_theta.unwrap_or(self.rope_theta) } else { self.rope_theta };
         // Gemma 3's local layers use plain RoPE even when the global ones are scaled.
-        let scaling =
-            if sliding && self.rope_local_theta.is_some() { RopeScaling::None } else { self.rope_scaling.clone() };
+        let scaling = if sliding && self.rope_local_theta.is_some() { RopeScaling::None } else { self.rope_scaling };
         BlockConfig {
             hidden_size: self.hidden_size,
             num_attention_heads: self.num_attention_heads,

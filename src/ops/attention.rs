@@ -51,7 +51,7 @@ pub fn attention<B: Backend>(
         out: out.clone(),
         lse: Arc::new(lse),
         segment_ids: segment_ids.cloned(),
-        p: p.clone(),
+        p: *p,
     });
     // The output tensor and the tape share one buffer.
     Ok(Tensor { s: out, shape: q.shape.clone(), var, b: q.b.clone() })

@@ -37,7 +37,7 @@ pub fn rope<B: Backend>(
     let var = tape.record(x.is_tracked(), || BackwardOp::Rope {
         x: x.var.unwrap(),
         positions: positions.clone(),
-        cfg: cfg.clone(),
+        cfg: *cfg,
         b,
         t,
         nh,

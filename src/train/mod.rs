@@ -2,7 +2,7 @@
 //! Frozen weights have no state here at all: only parameters handed to `AdamW::step` do.
 
 use crate::backend::{AdamWParams, Backend};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tape::Grads;
 use crate::tensor::{Param, VarId};
 use std::collections::HashMap;
@@ -77,10 +77,10 @@ impl<B: Backend> AdamW<B> {
                 b.scale_in_place(&mut g, clip)?;
             }
             let n = p.elem_count();
-            if !self.state.contains_key(&var) {
-                self.state.insert(var, (b.zeros(n)?, b.zeros(n)?));
-            }
-            let (m, v) = self.state.get_mut(&var).ok_or_else(|| Error::Tape("adamw state".into()))?;
+            let (m, v) = match self.state.entry(var) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert((b.zeros(n)?, b.zeros(n)?)),
+            };
             b.adamw_step(p.storage_mut()?, &g, m, v, &hp)?;
         }
         Ok(StepStats { grad_norm: norm, applied: true })
