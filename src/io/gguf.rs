@@ -393,7 +393,10 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn err(&self, msg: String) -> Error {
-        Error::Format { path: self.path.to_string(), msg }
+        Error::Format {
+            path: self.path.to_string(),
+            msg,
+        }
     }
     fn remaining(&self) -> u64 {
         (self.buf.len() - self.pos) as u64
@@ -411,7 +414,10 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
-        Ok(self.take(N as u64, what)?.try_into().expect("take returned N bytes"))
+        Ok(self
+            .take(N as u64, what)?
+            .try_into()
+            .expect("take returned N bytes"))
     }
     fn u32(&mut self, what: &str) -> Result<u32> {
         Ok(u32::from_le_bytes(self.array(what)?))
@@ -424,7 +430,9 @@ impl<'a> Cursor<'a> {
         let at = self.pos;
         let n = self.u64(what)?;
         if n > cap {
-            return Err(self.err(format!("{what} at byte {at} is {n}, more than the limit {cap}")));
+            return Err(self.err(format!(
+                "{what} at byte {at} is {n}, more than the limit {cap}"
+            )));
         }
         if n.saturating_mul(min_size) > self.remaining() {
             return Err(self.err(format!(
@@ -442,7 +450,8 @@ impl<'a> Cursor<'a> {
     fn value_type(&mut self, what: &str) -> Result<GgufValueType> {
         let at = self.pos;
         let t = self.u32(what)?;
-        GgufValueType::from_u32(t).ok_or_else(|| self.err(format!("{what} at byte {at}: unknown value type {t}")))
+        GgufValueType::from_u32(t)
+            .ok_or_else(|| self.err(format!("{what} at byte {at}: unknown value type {t}")))
     }
     fn value(&mut self, ty: GgufValueType, what: &str) -> Result<GgufValue> {
         use GgufValue as V;
@@ -473,7 +482,9 @@ impl<'a> Cursor<'a> {
     /// Element type, count, elements. `depth` counts enclosing arrays.
     fn array_value(&mut self, what: &str, depth: usize) -> Result<GgufArray> {
         if depth >= MAX_ARRAY_DEPTH {
-            return Err(self.err(format!("{what}: arrays nested deeper than {MAX_ARRAY_DEPTH}")));
+            return Err(self.err(format!(
+                "{what}: arrays nested deeper than {MAX_ARRAY_DEPTH}"
+            )));
         }
         let et = self.value_type(what)?;
         let n = self.count(what, MAX_ARRAY_LEN, et.min_file_size())? as usize;
@@ -482,7 +493,11 @@ impl<'a> Cursor<'a> {
             ($v:ident, $t:ty) => {{
                 const S: usize = std::mem::size_of::<$t>();
                 let raw = self.take((n * S) as u64, what)?;
-                GgufArray::$v(raw.chunks_exact(S).map(|c| <$t>::from_le_bytes(c.try_into().unwrap())).collect())
+                GgufArray::$v(
+                    raw.chunks_exact(S)
+                        .map(|c| <$t>::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                )
             }};
         }
         Ok(match et {
@@ -496,11 +511,17 @@ impl<'a> Cursor<'a> {
             GgufValueType::U64 => fixed!(U64, u64),
             GgufValueType::I64 => fixed!(I64, i64),
             GgufValueType::F64 => fixed!(F64, f64),
-            GgufValueType::Bool => GgufArray::Bool((0..n).map(|_| self.bool(what)).collect::<Result<_>>()?),
-            GgufValueType::String => GgufArray::String((0..n).map(|_| self.string(what)).collect::<Result<_>>()?),
-            GgufValueType::Array => {
-                GgufArray::Array((0..n).map(|_| self.array_value(what, depth + 1)).collect::<Result<_>>()?)
+            GgufValueType::Bool => {
+                GgufArray::Bool((0..n).map(|_| self.bool(what)).collect::<Result<_>>()?)
             }
+            GgufValueType::String => {
+                GgufArray::String((0..n).map(|_| self.string(what)).collect::<Result<_>>()?)
+            }
+            GgufValueType::Array => GgufArray::Array(
+                (0..n)
+                    .map(|_| self.array_value(what, depth + 1))
+                    .collect::<Result<_>>()?,
+            ),
         })
     }
 }
@@ -513,7 +534,10 @@ impl GgufFile {
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let name = path.display().to_string();
         if len < 24 {
-            return Err(Error::Format { path: name, msg: format!("{len} bytes is too short for a GGUF header (24)") });
+            return Err(Error::Format {
+                path: name,
+                msg: format!("{len} bytes is too short for a GGUF header (24)"),
+            });
         }
         // SAFETY: the mapping is read-only; as with every mmap-based loader, the file must not be
         // truncated or rewritten while it is open (documented in the module header).
@@ -527,16 +551,28 @@ impl GgufFile {
     }
 
     fn parse(path: String, data: Bytes) -> Result<GgufFile> {
-        let mut c = Cursor { buf: &data, pos: 0, path: &path };
+        let mut c = Cursor {
+            buf: &data,
+            pos: 0,
+            path: &path,
+        };
         let magic = c.u32("magic")?;
         if magic != GGUF_MAGIC {
-            return Err(c.err(format!("bad magic {:?} (0x{magic:08x}), not a GGUF file", magic.to_le_bytes())));
+            return Err(c.err(format!(
+                "bad magic {:?} (0x{magic:08x}), not a GGUF file",
+                magic.to_le_bytes()
+            )));
         }
         let version = c.u32("version")?;
         match version {
             2 | 3 => {}
             1 => return Err(c.err("GGUF v1 is not supported (only v2 and v3)".into())),
-            v if v.swap_bytes() <= 3 => return Err(c.err(format!("big-endian GGUF (version {}) is not supported", v.swap_bytes()))),
+            v if v.swap_bytes() <= 3 => {
+                return Err(c.err(format!(
+                    "big-endian GGUF (version {}) is not supported",
+                    v.swap_bytes()
+                )))
+            }
             v => return Err(c.err(format!("unsupported GGUF version {v} (only 2 and 3)"))),
         }
         // A tensor info takes >= 24 bytes (name length, n_dims, type, offset); a pair >= 13.
@@ -563,7 +599,9 @@ impl GgufFile {
             None => GGUF_DEFAULT_ALIGNMENT,
             Some(GgufValue::U32(a)) if a.is_power_of_two() => *a,
             Some(v) => {
-                return Err(c.err(format!("{KEY_ALIGNMENT} must be a u32 power of two, got {v:?}")));
+                return Err(c.err(format!(
+                    "{KEY_ALIGNMENT} must be a u32 power of two, got {v:?}"
+                )));
             }
         };
 
@@ -572,7 +610,10 @@ impl GgufFile {
         for i in 0..n_tensors {
             let name = c.string(&format!("name of tensor {i}"))?;
             let info = GgufFile::parse_tensor_info(&mut c, name, alignment as u64)?;
-            if tensor_index.insert(info.name.clone(), tensors.len()).is_some() {
+            if tensor_index
+                .insert(info.name.clone(), tensors.len())
+                .is_some()
+            {
                 return Err(c.err(format!("duplicate tensor name {}", info.name)));
             }
             tensors.push(info);
@@ -580,7 +621,7 @@ impl GgufFile {
 
         let file_len = data.len() as u64;
         let data_offset = (c.pos as u64).div_ceil(alignment as u64) * alignment as u64; // no overflow: pos < 2^63
-        // Every tensor must lie inside the file, and no two may overlap.
+                                                                                        // Every tensor must lie inside the file, and no two may overlap.
         for t in &tensors {
             let start = data_offset.checked_add(t.offset);
             let end = start.and_then(|s| s.checked_add(t.n_bytes as u64));
@@ -608,13 +649,25 @@ impl GgufFile {
                 )));
             }
         }
-        Ok(GgufFile { path, data, version, alignment, metadata, kv_index, tensors, tensor_index, data_offset })
+        Ok(GgufFile {
+            path,
+            data,
+            version,
+            alignment,
+            metadata,
+            kv_index,
+            tensors,
+            tensor_index,
+            data_offset,
+        })
     }
 
     fn parse_tensor_info(c: &mut Cursor, name: String, alignment: u64) -> Result<TensorInfo> {
         let n_dims = c.u32(&format!("n_dims of tensor {name}"))? as usize;
         if n_dims > MAX_DIMS {
-            return Err(c.err(format!("tensor {name} has {n_dims} dims, more than {MAX_DIMS}")));
+            return Err(c.err(format!(
+                "tensor {name} has {n_dims} dims, more than {MAX_DIMS}"
+            )));
         }
         let mut ne = Vec::with_capacity(n_dims);
         let mut n_elements: u64 = 1;
@@ -623,25 +676,46 @@ impl GgufFile {
             // ggml stores dims as int64; the product must also fit in usize.
             n_elements = n_elements
                 .checked_mul(v)
-                .filter(|&n| n <= i64::MAX as u64 && usize::try_from(n).is_ok())
-                .ok_or_else(|| c.err(format!("tensor {name}: element count overflows at dim {d} = {v}")))?;
+                .filter(|&n| {
+                    n <= i64::MAX as u64 && usize::try_from(n).is_ok() && usize::try_from(v).is_ok()
+                })
+                .ok_or_else(|| {
+                    c.err(format!(
+                        "tensor {name}: element count overflows at dim {d} = {v}"
+                    ))
+                })?;
             ne.push(v);
         }
         let type_id = c.u32(&format!("type of tensor {name}"))?;
-        let ty = GgmlType::from_u32(type_id).map_err(|e| c.err(format!("tensor {name} has {}", strip_quant(&e))))?;
+        let ty = GgmlType::from_u32(type_id)
+            .map_err(|e| c.err(format!("tensor {name} has {}", strip_quant(&e))))?;
         let offset = c.u64(&format!("offset of tensor {name}"))?;
         if offset % alignment != 0 {
-            return Err(c.err(format!("tensor {name}: offset {offset} is not a multiple of the alignment {alignment}")));
+            return Err(c.err(format!(
+                "tensor {name}: offset {offset} is not a multiple of the alignment {alignment}"
+            )));
         }
         let cols = ne.first().copied().unwrap_or(1) as usize;
-        let rows = if cols == 0 { 0 } else { n_elements as usize / cols };
+        let rows = (n_elements as usize).checked_div(cols).unwrap_or(0);
         let n_bytes = ty
             .row_bytes(cols)
             .ok()
             .and_then(|rb| rb.checked_mul(rows))
-            .ok_or_else(|| c.err(format!("tensor {name}: row length {cols} is not a whole number of {ty} blocks ({})", ty.block_size())))?;
+            .ok_or_else(|| {
+                c.err(format!(
+                    "tensor {name}: row length {cols} is not a whole number of {ty} blocks ({})",
+                    ty.block_size()
+                ))
+            })?;
         let shape = ne.iter().rev().map(|&v| v as usize).collect();
-        Ok(TensorInfo { name, ty, ne, shape, offset, n_bytes })
+        Ok(TensorInfo {
+            name,
+            ty,
+            ne,
+            shape,
+            offset,
+            n_bytes,
+        })
     }
 
     pub fn path(&self) -> &str {
@@ -665,17 +739,23 @@ impl GgufFile {
         self.kv_index.get(key).map(|&i| &self.metadata[i].1)
     }
     fn require(&self, key: &str) -> Result<&GgufValue> {
-        self.get(key).ok_or_else(|| Error::MissingKey(format!("{key} (in {})", self.path)))
+        self.get(key)
+            .ok_or_else(|| Error::MissingKey(format!("{key} (in {})", self.path)))
     }
     fn type_err(&self, key: &str, v: &GgufValue, want: &str) -> Error {
         Error::Format {
             path: self.path.clone(),
-            msg: format!("metadata {key} is {} {v:?}, expected {want}", v.type_description()),
+            msg: format!(
+                "metadata {key} is {} {v:?}, expected {want}",
+                v.type_description()
+            ),
         }
     }
     fn get_int<T: TryFrom<i128>>(&self, key: &str, want: &str) -> Result<T> {
         let v = self.require(key)?;
-        v.as_int().and_then(|i| T::try_from(i).ok()).ok_or_else(|| self.type_err(key, v, want))
+        v.as_int()
+            .and_then(|i| T::try_from(i).ok())
+            .ok_or_else(|| self.type_err(key, v, want))
     }
     /// Any integer type whose value fits in u32.
     pub fn get_u32(&self, key: &str) -> Result<u32> {
@@ -693,7 +773,9 @@ impl GgufFile {
     /// An f32, or an f64 rounded to f32.
     pub fn get_f32(&self, key: &str) -> Result<f32> {
         let v = self.require(key)?;
-        v.as_float().map(|f| f as f32).ok_or_else(|| self.type_err(key, v, "a float"))
+        v.as_float()
+            .map(|f| f as f32)
+            .ok_or_else(|| self.type_err(key, v, "a float"))
     }
     pub fn get_f64(&self, key: &str) -> Result<f64> {
         let v = self.require(key)?;
@@ -709,7 +791,8 @@ impl GgufFile {
     }
     pub fn get_array(&self, key: &str) -> Result<&GgufArray> {
         let v = self.require(key)?;
-        v.as_array().ok_or_else(|| self.type_err(key, v, "an array"))
+        v.as_array()
+            .ok_or_else(|| self.type_err(key, v, "an array"))
     }
     pub fn get_str_array(&self, key: &str) -> Result<&[String]> {
         match self.require(key)? {
@@ -738,7 +821,10 @@ impl GgufFile {
         self.tensor_index
             .get(name)
             .map(|&i| &self.tensors[i])
-            .ok_or_else(|| Error::Format { path: self.path.clone(), msg: format!("no tensor named {name}") })
+            .ok_or_else(|| Error::Format {
+                path: self.path.clone(),
+                msg: format!("no tensor named {name}"),
+            })
     }
     fn tensor_range(&self, info: &TensorInfo) -> Result<std::ops::Range<usize>> {
         // Checked at open; re-checked here because `info` may come from elsewhere.
@@ -762,15 +848,19 @@ impl GgufFile {
     pub fn matrix(&self, name: &str) -> Result<GgmlMatrix> {
         let info = self.tensor(name)?;
         let bytes = self.data.slice(self.tensor_range(info)?)?;
-        GgmlMatrix::new(info.ty, info.rows(), info.cols(), bytes)
-            .map_err(|e| Error::Format { path: self.path.clone(), msg: format!("tensor {name}: {e}") })
+        GgmlMatrix::new(info.ty, info.rows(), info.cols(), bytes).map_err(|e| Error::Format {
+            path: self.path.clone(),
+            msg: format!("tensor {name}: {e}"),
+        })
     }
     /// The tensor decoded to f32 in row-major order (its `shape`).
     pub fn dequantize_tensor(&self, name: &str) -> Result<Vec<f32>> {
         let info = self.tensor(name)?;
         let mut out = vec![0.0f32; info.n_elements()];
-        dequantize(info.ty, self.tensor_bytes(info)?, &mut out)
-            .map_err(|e| Error::Format { path: self.path.clone(), msg: format!("tensor {name}: {e}") })?;
+        dequantize(info.ty, self.tensor_bytes(info)?, &mut out).map_err(|e| Error::Format {
+            path: self.path.clone(),
+            msg: format!("tensor {name}: {e}"),
+        })?;
         Ok(out)
     }
 }
@@ -807,12 +897,19 @@ impl Default for GgufWriter {
 }
 
 fn werr(msg: String) -> Error {
-    Error::InvalidArgument { op: "GgufWriter", msg }
+    Error::InvalidArgument {
+        op: "GgufWriter",
+        msg,
+    }
 }
 
 impl GgufWriter {
     pub fn new() -> GgufWriter {
-        GgufWriter { alignment: GGUF_DEFAULT_ALIGNMENT, metadata: Vec::new(), tensors: Vec::new() }
+        GgufWriter {
+            alignment: GGUF_DEFAULT_ALIGNMENT,
+            metadata: Vec::new(),
+            tensors: Vec::new(),
+        }
     }
 
     /// A writer with a non-default alignment (a power of two); records it as `general.alignment`.
@@ -822,7 +919,8 @@ impl GgufWriter {
         }
         let mut w = GgufWriter::new();
         w.alignment = alignment;
-        w.metadata.push((KEY_ALIGNMENT.into(), GgufValue::U32(alignment)));
+        w.metadata
+            .push((KEY_ALIGNMENT.into(), GgufValue::U32(alignment)));
         Ok(w)
     }
 
@@ -830,7 +928,9 @@ impl GgufWriter {
     pub fn add(&mut self, key: impl Into<String>, value: impl Into<GgufValue>) -> Result<()> {
         let key = key.into();
         if key.is_empty() || key == KEY_ALIGNMENT || self.metadata.iter().any(|(k, _)| *k == key) {
-            return Err(werr(format!("metadata key {key:?} is empty, reserved or already added")));
+            return Err(werr(format!(
+                "metadata key {key:?} is empty, reserved or already added"
+            )));
         }
         self.metadata.push((key, value.into()));
         Ok(())
@@ -838,13 +938,25 @@ impl GgufWriter {
 
     /// Adds a tensor with row-major `shape` (written to the file reversed, innermost first).
     /// `data.len()` must be the encoded size of the shape in `ty`.
-    pub fn add_tensor(&mut self, name: impl Into<String>, shape: &[usize], ty: GgmlType, data: impl Into<Bytes>) -> Result<()> {
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        shape: &[usize],
+        ty: GgmlType,
+        data: impl Into<Bytes>,
+    ) -> Result<()> {
         let (name, data) = (name.into(), data.into());
-        if name.is_empty() || name.len() > MAX_TENSOR_NAME_WRITE || self.tensors.iter().any(|t| t.name == name) {
+        if name.is_empty()
+            || name.len() > MAX_TENSOR_NAME_WRITE
+            || self.tensors.iter().any(|t| t.name == name)
+        {
             return Err(werr(format!("tensor name {name:?} is empty, longer than {MAX_TENSOR_NAME_WRITE} bytes or already added")));
         }
         if shape.len() > MAX_DIMS {
-            return Err(werr(format!("tensor {name}: {} dims, more than {MAX_DIMS}", shape.len())));
+            return Err(werr(format!(
+                "tensor {name}: {} dims, more than {MAX_DIMS}",
+                shape.len()
+            )));
         }
         let cols = shape.last().copied().unwrap_or(1);
         let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
@@ -854,10 +966,18 @@ impl GgufWriter {
         match need {
             Some(need) if need == data.len() => {}
             _ => {
-                return Err(werr(format!("tensor {name}: shape {shape:?} in {ty} needs {need:?} bytes, got {}", data.len())));
+                return Err(werr(format!(
+                    "tensor {name}: shape {shape:?} in {ty} needs {need:?} bytes, got {}",
+                    data.len()
+                )));
             }
         }
-        self.tensors.push(PendingTensor { name, shape: shape.to_vec(), ty, data });
+        self.tensors.push(PendingTensor {
+            name,
+            shape: shape.to_vec(),
+            ty,
+            data,
+        });
         Ok(())
     }
 
@@ -924,7 +1044,9 @@ impl GgufWriter {
                 Error::Io { source, .. } => Error::io(&tmp, source),
                 e => e,
             })?;
-            let file = bw.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+            let file = bw
+                .into_inner()
+                .map_err(|e| Error::io(&tmp, e.into_error()))?;
             file.sync_all().map_err(|e| Error::io(&tmp, e))?;
             std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
         })();

@@ -26,6 +26,9 @@
 //!   Q6_K: x = (d * sc) * (q - 32),        q in 0..63, 16 sub-blocks of 16, 8-bit signed sc
 //! Reference: https://github.com/ggml-org/llama.cpp/blob/master/ggml/src/ggml-common.h and ggml-quants.c
 
+// Index loops mirror ggml's reference code line by line, which is what makes them checkable.
+#![allow(clippy::needless_range_loop)]
+
 use crate::error::{Error, Result};
 use crate::quant::DequantRows;
 use bytemuck::{Pod, Zeroable};
@@ -139,7 +142,10 @@ impl GgmlType {
             Some(name) => format!("type {name} (ggml id {id}), which loraforge does not support"),
             None => format!("unknown ggml type id {id}"),
         };
-        Err(Error::Quant { format: "ggml".into(), msg })
+        Err(Error::Quant {
+            format: "ggml".into(),
+            msg,
+        })
     }
 
     /// Parses a name in any case: "q4_k", "Q4_K", "bf16".
@@ -148,7 +154,10 @@ impl GgmlType {
             .iter()
             .find(|t| t.upper_name().eq_ignore_ascii_case(name))
             .copied()
-            .ok_or_else(|| Error::Quant { format: "ggml".into(), msg: format!("unknown ggml type name {name:?}") })
+            .ok_or_else(|| Error::Quant {
+                format: "ggml".into(),
+                msg: format!("unknown ggml type name {name:?}"),
+            })
     }
 
     /// Lower-case name: "f32", "q4_0", "q4_k", "bf16". (ggml's own `type_name` spells K-quants "q4_K".)
@@ -181,8 +190,18 @@ impl GgmlType {
     pub fn block_size(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 | GgmlType::Q8_1 => QK,
-            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::Q8_K => QK_K,
+            GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::Q8_1 => QK,
+            GgmlType::Q2_K
+            | GgmlType::Q3_K
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
+            | GgmlType::Q8_K => QK_K,
         }
     }
 
@@ -216,15 +235,20 @@ impl GgmlType {
                 msg: format!("{n} elements is not a multiple of the block size {bs}"),
             });
         }
-        (n / bs).checked_mul(self.type_size()).ok_or_else(|| Error::Quant {
-            format: self.name().into(),
-            msg: format!("{n} elements overflow usize bytes"),
-        })
+        (n / bs)
+            .checked_mul(self.type_size())
+            .ok_or_else(|| Error::Quant {
+                format: self.name().into(),
+                msg: format!("{n} elements overflow usize bytes"),
+            })
     }
 
     /// Types with a reference quantizer in `quantize`.
     pub fn can_quantize(self) -> bool {
-        !matches!(self, GgmlType::Q8_1 | GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q8_K)
+        !matches!(
+            self,
+            GgmlType::Q8_1 | GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q8_K
+        )
     }
 
     /// Types with a dequantizer in `dequantize`.
@@ -409,7 +433,10 @@ fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -433,18 +460,31 @@ fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
 // ---- dequantization (ggml-quants.c `dequantize_row_*`)
 
 fn quant_err(ty: GgmlType, msg: String) -> Error {
-    Error::Quant { format: ty.name().into(), msg }
+    Error::Quant {
+        format: ty.name().into(),
+        msg,
+    }
 }
 
 /// Decodes `data` (whole blocks of type `ty`) into `out`; `out.len()` must be the element count.
 /// Bit-identical to ggml's `dequantize_row_*` / `to_float`.
 pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
     if !ty.can_dequantize() {
-        return Err(quant_err(ty, "no dequantizer for this type (ggml has none either)".into()));
+        return Err(quant_err(
+            ty,
+            "no dequantizer for this type (ggml has none either)".into(),
+        ));
     }
     let need = ty.row_bytes(out.len())?;
     if data.len() != need {
-        return Err(quant_err(ty, format!("{} elements need {need} bytes, got {}", out.len(), data.len())));
+        return Err(quant_err(
+            ty,
+            format!(
+                "{} elements need {need} bytes, got {}",
+                out.len(),
+                data.len()
+            ),
+        ));
     }
     dequantize_unchecked(ty, data, out);
     Ok(())
@@ -469,7 +509,10 @@ fn dequantize_unchecked(ty: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q4_0 => {
-            for (b, y) in bytemuck::cast_slice::<u8, BlockQ4_0>(data).iter().zip(out.chunks_exact_mut(QK)) {
+            for (b, y) in bytemuck::cast_slice::<u8, BlockQ4_0>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK))
+            {
                 let d = f16_le(b.d);
                 for j in 0..16 {
                     y[j] = ((b.qs[j] & 0xF) as i32 - 8) as f32 * d;
@@ -478,7 +521,10 @@ fn dequantize_unchecked(ty: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q4_1 => {
-            for (b, y) in bytemuck::cast_slice::<u8, BlockQ4_1>(data).iter().zip(out.chunks_exact_mut(QK)) {
+            for (b, y) in bytemuck::cast_slice::<u8, BlockQ4_1>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK))
+            {
                 let (d, m) = (f16_le(b.d), f16_le(b.m));
                 for j in 0..16 {
                     y[j] = (b.qs[j] & 0xF) as f32 * d + m;
@@ -487,7 +533,10 @@ fn dequantize_unchecked(ty: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q5_0 => {
-            for (b, y) in bytemuck::cast_slice::<u8, BlockQ5_0>(data).iter().zip(out.chunks_exact_mut(QK)) {
+            for (b, y) in bytemuck::cast_slice::<u8, BlockQ5_0>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK))
+            {
                 let d = f16_le(b.d);
                 let qh = u32::from_le_bytes(b.qh);
                 for j in 0..16 {
@@ -499,7 +548,10 @@ fn dequantize_unchecked(ty: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q5_1 => {
-            for (b, y) in bytemuck::cast_slice::<u8, BlockQ5_1>(data).iter().zip(out.chunks_exact_mut(QK)) {
+            for (b, y) in bytemuck::cast_slice::<u8, BlockQ5_1>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK))
+            {
                 let (d, m) = (f16_le(b.d), f16_le(b.m));
                 let qh = u32::from_le_bytes(b.qh);
                 for j in 0..16 {
@@ -511,7 +563,10 @@ fn dequantize_unchecked(ty: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q8_0 => {
-            for (b, y) in bytemuck::cast_slice::<u8, BlockQ8_0>(data).iter().zip(out.chunks_exact_mut(QK)) {
+            for (b, y) in bytemuck::cast_slice::<u8, BlockQ8_0>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK))
+            {
                 let d = f16_le(b.d);
                 for j in 0..QK {
                     y[j] = b.qs[j] as i8 as f32 * d;
@@ -520,7 +575,10 @@ fn dequantize_unchecked(ty: GgmlType, data: &[u8], out: &mut [f32]) {
         }
         GgmlType::Q8_1 => unreachable!("checked by can_dequantize"),
         GgmlType::Q2_K => {
-            for (b, y) in bytemuck::cast_slice::<u8, BlockQ2_K>(data).iter().zip(out.chunks_exact_mut(QK_K)) {
+            for (b, y) in bytemuck::cast_slice::<u8, BlockQ2_K>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK_K))
+            {
                 let (d, dmin) = (f16_le(b.d), f16_le(b.dmin));
                 let mut is = 0;
                 for half in 0..2 {
@@ -532,7 +590,8 @@ fn dequantize_unchecked(ty: GgmlType, data: &[u8], out: &mut [f32]) {
                             let (dl, ml) = (d * (sc & 0xF) as f32, dmin * (sc >> 4) as f32);
                             let base = 128 * half + 32 * shift + 16 * part;
                             for l in 0..16 {
-                                y[base + l] = dl * ((q[16 * part + l] >> (2 * shift)) & 3) as f32 - ml;
+                                y[base + l] =
+                                    dl * ((q[16 * part + l] >> (2 * shift)) & 3) as f32 - ml;
                             }
                         }
                     }
@@ -540,7 +599,10 @@ fn dequantize_unchecked(ty: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q3_K => {
-            for (b, y) in bytemuck::cast_slice::<u8, BlockQ3_K>(data).iter().zip(out.chunks_exact_mut(QK_K)) {
+            for (b, y) in bytemuck::cast_slice::<u8, BlockQ3_K>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK_K))
+            {
                 let d_all = f16_le(b.d);
                 let mut m = 1u8; // hmask bit for the current group of 32
                 let mut is = 0;
@@ -553,7 +615,11 @@ fn dequantize_unchecked(ty: GgmlType, data: &[u8], out: &mut [f32]) {
                             let base = 128 * half + 32 * shift + 16 * part;
                             for l in 0..16 {
                                 let lo = ((q[16 * part + l] >> (2 * shift)) & 3) as i32;
-                                let hi = if b.hmask[16 * part + l] & m != 0 { 0 } else { 4 };
+                                let hi = if b.hmask[16 * part + l] & m != 0 {
+                                    0
+                                } else {
+                                    4
+                                };
                                 y[base + l] = dl * (lo - hi) as f32;
                             }
                         }
@@ -563,7 +629,10 @@ fn dequantize_unchecked(ty: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q4_K => {
-            for (b, y) in bytemuck::cast_slice::<u8, BlockQ4_K>(data).iter().zip(out.chunks_exact_mut(QK_K)) {
+            for (b, y) in bytemuck::cast_slice::<u8, BlockQ4_K>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK_K))
+            {
                 let (d, dmin) = (f16_le(b.d), f16_le(b.dmin));
                 for i in 0..4 {
                     let q = &b.qs[32 * i..32 * i + 32];
@@ -579,7 +648,10 @@ fn dequantize_unchecked(ty: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q5_K => {
-            for (b, y) in bytemuck::cast_slice::<u8, BlockQ5_K>(data).iter().zip(out.chunks_exact_mut(QK_K)) {
+            for (b, y) in bytemuck::cast_slice::<u8, BlockQ5_K>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK_K))
+            {
                 let (d, dmin) = (f16_le(b.d), f16_le(b.dmin));
                 for i in 0..4 {
                     let ql = &b.qs[32 * i..32 * i + 32];
@@ -598,7 +670,10 @@ fn dequantize_unchecked(ty: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q6_K => {
-            for (b, y) in bytemuck::cast_slice::<u8, BlockQ6_K>(data).iter().zip(out.chunks_exact_mut(QK_K)) {
+            for (b, y) in bytemuck::cast_slice::<u8, BlockQ6_K>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK_K))
+            {
                 let d = f16_le(b.d);
                 for half in 0..2 {
                     let ql = &b.ql[64 * half..64 * half + 64];
@@ -620,7 +695,10 @@ fn dequantize_unchecked(ty: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q8_K => {
-            for (b, y) in bytemuck::cast_slice::<u8, BlockQ8_K>(data).iter().zip(out.chunks_exact_mut(QK_K)) {
+            for (b, y) in bytemuck::cast_slice::<u8, BlockQ8_K>(data)
+                .iter()
+                .zip(out.chunks_exact_mut(QK_K))
+            {
                 let d = f32::from_le_bytes(b.d);
                 for j in 0..QK_K {
                     y[j] = d * b.qs[j] as i8 as f32;
@@ -645,11 +723,17 @@ fn q3k_scale(s: &[u8; 12], j: usize) -> i32 {
 /// what llama.cpp's `llama-quantize` uses when no importance matrix is given. Non-finite input is an error.
 pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>> {
     if !ty.can_quantize() {
-        return Err(quant_err(ty, "no reference quantizer in loraforge for this type".into()));
+        return Err(quant_err(
+            ty,
+            "no reference quantizer in loraforge for this type".into(),
+        ));
     }
     let n_bytes = ty.row_bytes(src.len())?;
     if let Some(i) = src.iter().position(|v| !v.is_finite()) {
-        return Err(quant_err(ty, format!("input element {i} is {}, cannot quantize", src[i])));
+        return Err(quant_err(
+            ty,
+            format!("input element {i} is {}, cannot quantize", src[i]),
+        ));
     }
     let mut out = vec![0u8; n_bytes];
     match ty {
@@ -676,13 +760,18 @@ pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>> {
         GgmlType::Q4_K => quantize_blocks(&mut out, src, QK_K, quantize_block_q4_k),
         GgmlType::Q5_K => quantize_blocks(&mut out, src, QK_K, quantize_block_q5_k),
         GgmlType::Q6_K => quantize_blocks(&mut out, src, QK_K, quantize_block_q6_k),
-        GgmlType::Q8_1 | GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q8_K => unreachable!("checked by can_quantize"),
+        GgmlType::Q8_1 | GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q8_K => {
+            unreachable!("checked by can_quantize")
+        }
     }
     Ok(out)
 }
 
 fn quantize_blocks<B: Pod>(out: &mut [u8], src: &[f32], bs: usize, f: fn(&[f32], &mut B)) {
-    for (b, x) in bytemuck::cast_slice_mut::<u8, B>(out).iter_mut().zip(src.chunks_exact(bs)) {
+    for (b, x) in bytemuck::cast_slice_mut::<u8, B>(out)
+        .iter_mut()
+        .zip(src.chunks_exact(bs))
+    {
         f(x, b);
     }
 }
@@ -839,7 +928,8 @@ fn make_qkx2_quants(
             }
             let mut cur_error = 0.0f32;
             for i in 0..n {
-                cur_error += weights[i] * err(this_scale * laux[i] as f32 + this_min - x[i], use_mad);
+                cur_error +=
+                    weights[i] * err(this_scale * laux[i] as f32 + this_min - x[i], use_mad);
             }
             if cur_error < best_error {
                 l_out.copy_from_slice(&laux[..n]);
@@ -855,7 +945,13 @@ fn make_qkx2_quants(
 /// Shared body of the Q4_K / Q5_K reference quantizers: per 32-wide sub-block, `make_qkx2_quants`
 /// with weights av_x + |x|, then 6-bit sub-scales/mins against the largest, then codes recomputed
 /// against the rounded scales. Returns (d, dmin, packed scales, codes L in 0..=nmax).
-fn quantize_k_scale_min(x: &[f32], nmax: i32, rmin: f32, rdelta: f32, nstep: i32) -> ([u8; 2], [u8; 2], [u8; 12], [u8; QK_K]) {
+fn quantize_k_scale_min(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> ([u8; 2], [u8; 2], [u8; 12], [u8; QK_K]) {
     let mut l = [0u8; QK_K];
     let (mut scales, mut mins) = ([0.0f32; 8], [0.0f32; 8]);
     let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
@@ -867,13 +963,26 @@ fn quantize_k_scale_min(x: &[f32], nmax: i32, rmin: f32, rdelta: f32, nstep: i32
         for (w, v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        let (s, m) = make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..32 * j + 32], rmin, rdelta, nstep, false);
+        let (s, m) = make_qkx2_quants(
+            nmax,
+            xs,
+            &weights,
+            &mut l[32 * j..32 * j + 32],
+            rmin,
+            rdelta,
+            nstep,
+            false,
+        );
         scales[j] = s;
         mins[j] = m;
         max_scale = max_scale.max(s);
         max_min = max_min.max(m);
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
     for j in 0..8 {
@@ -1011,12 +1120,18 @@ fn quantize_block_q6_k(x: &[f32], b: &mut BlockQ6_K) {
         }
     }
     for half in 0..2 {
-        let (ql, qh) = (&mut b.ql[64 * half..64 * half + 64], &mut b.qh[32 * half..32 * half + 32]);
+        let (ql, qh) = (
+            &mut b.ql[64 * half..64 * half + 64],
+            &mut b.qh[32 * half..32 * half + 32],
+        );
         let l = &l[128 * half..128 * half + 128];
         for i in 0..32 {
             ql[i] = (l[i] & 0xF) | ((l[i + 64] & 0xF) << 4);
             ql[i + 32] = (l[i + 32] & 0xF) | ((l[i + 96] & 0xF) << 4);
-            qh[i] = (l[i] >> 4) | ((l[i + 32] >> 4) << 2) | ((l[i + 64] >> 4) << 4) | ((l[i + 96] >> 4) << 6);
+            qh[i] = (l[i] >> 4)
+                | ((l[i + 32] >> 4) << 2)
+                | ((l[i + 64] >> 4) << 4)
+                | ((l[i + 96] >> 4) << 6);
         }
     }
 }
@@ -1041,19 +1156,32 @@ pub struct Bytes {
 impl Bytes {
     pub fn from_vec(v: Vec<u8>) -> Bytes {
         let range = 0..v.len();
-        Bytes { owner: Owner::Vec(Arc::new(v)), range }
+        Bytes {
+            owner: Owner::Vec(Arc::new(v)),
+            range,
+        }
     }
     /// The whole mapping.
     pub fn from_mmap(m: Arc<memmap2::Mmap>) -> Bytes {
         let range = 0..m.len();
-        Bytes { owner: Owner::Mmap(m), range }
+        Bytes {
+            owner: Owner::Mmap(m),
+            range,
+        }
     }
     /// A sub-range (relative to this view), sharing the storage; an error if out of range.
     pub fn slice(&self, r: Range<usize>) -> Result<Bytes> {
         if r.start > r.end || r.end > self.len() {
-            return Err(Error::IndexOutOfRange { op: "Bytes::slice", index: r.end, size: self.len() });
+            return Err(Error::IndexOutOfRange {
+                op: "Bytes::slice",
+                index: r.end,
+                size: self.len(),
+            });
         }
-        Ok(Bytes { owner: self.owner.clone(), range: self.range.start + r.start..self.range.start + r.end })
+        Ok(Bytes {
+            owner: self.owner.clone(),
+            range: self.range.start + r.start..self.range.start + r.end,
+        })
     }
     /// True when the bytes live in a memory-mapped file rather than an owned buffer.
     pub fn is_mmap(&self) -> bool {
@@ -1079,7 +1207,12 @@ impl From<Vec<u8>> for Bytes {
 
 impl std::fmt::Debug for Bytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Bytes({} bytes, {})", self.len(), if self.is_mmap() { "mmap" } else { "owned" })
+        write!(
+            f,
+            "Bytes({} bytes, {})",
+            self.len(),
+            if self.is_mmap() { "mmap" } else { "owned" }
+        )
     }
 }
 
@@ -1102,22 +1235,37 @@ impl GgmlMatrix {
     /// Checks `data.len() == rows * ty.row_bytes(cols)` and that `ty` can be dequantized.
     pub fn new(ty: GgmlType, rows: usize, cols: usize, data: Bytes) -> Result<GgmlMatrix> {
         if !ty.can_dequantize() {
-            return Err(quant_err(ty, "cannot be used as a weight matrix (no dequantizer)".into()));
+            return Err(quant_err(
+                ty,
+                "cannot be used as a weight matrix (no dequantizer)".into(),
+            ));
         }
         let row_bytes = ty.row_bytes(cols)?;
         let need = row_bytes
             .checked_mul(rows)
             .ok_or_else(|| quant_err(ty, format!("({rows}, {cols}) overflows usize bytes")))?;
         if data.len() != need {
-            return Err(quant_err(ty, format!("({rows}, {cols}) needs {need} bytes, got {}", data.len())));
+            return Err(quant_err(
+                ty,
+                format!("({rows}, {cols}) needs {need} bytes, got {}", data.len()),
+            ));
         }
-        Ok(GgmlMatrix { ty, rows, cols, row_bytes, data })
+        Ok(GgmlMatrix {
+            ty,
+            rows,
+            cols,
+            row_bytes,
+            data,
+        })
     }
 
     /// Quantizes a row-major (rows, cols) f32 matrix with the reference quantizer.
     pub fn quantize(ty: GgmlType, rows: usize, cols: usize, src: &[f32]) -> Result<GgmlMatrix> {
         if rows.checked_mul(cols) != Some(src.len()) {
-            return Err(quant_err(ty, format!("({rows}, {cols}) does not match {} elements", src.len())));
+            return Err(quant_err(
+                ty,
+                format!("({rows}, {cols}) does not match {} elements", src.len()),
+            ));
         }
         ty.row_bytes(cols)?; // blocks must not span rows
         GgmlMatrix::new(ty, rows, cols, Bytes::from_vec(quantize(ty, src)?))
@@ -1149,7 +1297,12 @@ impl DequantRows for GgmlMatrix {
         self.cols
     }
     fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        assert!(r < self.rows && out.len() == self.cols, "dequantize_row: row {r} of {}, out {}", self.rows, out.len());
+        assert!(
+            r < self.rows && out.len() == self.cols,
+            "dequantize_row: row {r} of {}, out {}",
+            self.rows,
+            out.len()
+        );
         dequantize_unchecked(self.ty, self.row(r), out);
     }
     fn format_name(&self) -> String {
