@@ -364,6 +364,16 @@ fn writer_rejects_bad_input() {
         w.add("general.alignment", 64u32).is_err(),
         "alignment goes through with_alignment"
     );
+    let mut deep = GgufArray::U8(vec![1]);
+    for _ in 0..7 {
+        deep = GgufArray::Array(vec![deep]);
+    }
+    w.add("deep8", deep.clone()).unwrap(); // 8 levels: the most the reader accepts
+    assert!(
+        w.add("deep9", GgufArray::Array(vec![deep])).is_err(),
+        "9 levels"
+    );
+    assert!(GgufFile::from_bytes("deep", w.to_bytes().unwrap()).is_ok());
     assert!(GgufWriter::with_alignment(48).is_err());
     assert!(GgufWriter::with_alignment(0).is_err());
     assert!(w

@@ -932,7 +932,15 @@ impl GgufWriter {
                 "metadata key {key:?} is empty, reserved or already added"
             )));
         }
-        self.metadata.push((key, value.into()));
+        let value = value.into();
+        if let GgufValue::Array(a) = &value {
+            if array_depth(a) > MAX_ARRAY_DEPTH {
+                return Err(werr(format!(
+                    "metadata {key}: arrays nested deeper than {MAX_ARRAY_DEPTH}"
+                )));
+            }
+        }
+        self.metadata.push((key, value));
         Ok(())
     }
 
@@ -1054,6 +1062,14 @@ impl GgufWriter {
             let _ = std::fs::remove_file(&tmp);
         }
         result
+    }
+}
+
+/// 1 for a flat array, 2 for an array of arrays, ...
+fn array_depth(a: &GgufArray) -> usize {
+    match a {
+        GgufArray::Array(v) => 1 + v.iter().map(array_depth).max().unwrap_or(0),
+        _ => 1,
     }
 }
 
