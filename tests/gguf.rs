@@ -148,7 +148,10 @@ fn every_value() -> Vec<(&'static str, GgufValue)> {
     ]
 }
 
-fn random_tensors(rng: &mut Rng) -> Vec<(&'static str, Vec<usize>, GgmlType, Vec<u8>)> {
+/// (name, row-major shape, type, encoded bytes).
+type Tensors = Vec<(&'static str, Vec<usize>, GgmlType, Vec<u8>)>;
+
+fn random_tensors(rng: &mut Rng) -> Tensors {
     let mut out = Vec::new();
     let specs: [(&'static str, &[usize], GgmlType); 9] = [
         ("w.f32", &[3, 7], GgmlType::F32),
@@ -169,9 +172,7 @@ fn random_tensors(rng: &mut Rng) -> Vec<(&'static str, Vec<usize>, GgmlType, Vec
     out
 }
 
-type Built = Vec<(&'static str, Vec<usize>, GgmlType, Vec<u8>)>;
-
-fn build(alignment: u32, rng: &mut Rng) -> (GgufWriter, Built) {
+fn build(alignment: u32, rng: &mut Rng) -> (GgufWriter, Tensors) {
     let mut w = if alignment == 32 { GgufWriter::new() } else { GgufWriter::with_alignment(alignment).unwrap() };
     for (k, v) in every_value() {
         w.add(k, v).unwrap();
@@ -243,7 +244,9 @@ fn typed_getters() {
         ("a.i32", g.get_str_array("a.i32").map(|_| ())),
     ] {
         match res {
-            Err(Error::Format { path, msg }) => assert!(path == "mem.gguf" && msg.contains(key), "{msg}"),
+            Err(Error::Format { path, msg }) => {
+                assert!(path == "mem.gguf" && msg.contains(key), "{msg}")
+            }
             other => panic!("{key}: expected a Format error, got {other:?}"),
         }
     }
@@ -258,6 +261,13 @@ fn writer_rejects_bad_input() {
     assert!(w.add("k", 2u32).is_err(), "duplicate key");
     assert!(w.add("", 2u32).is_err(), "empty key");
     assert!(w.add("general.alignment", 64u32).is_err(), "alignment goes through with_alignment");
+    let mut deep = GgufArray::U8(vec![1]);
+    for _ in 0..7 {
+        deep = GgufArray::Array(vec![deep]);
+    }
+    w.add("deep8", deep.clone()).unwrap(); // 8 levels: the most the reader accepts
+    assert!(w.add("deep9", GgufArray::Array(vec![deep])).is_err(), "9 levels");
+    assert!(GgufFile::from_bytes("deep", w.to_bytes().unwrap()).is_ok());
     assert!(GgufWriter::with_alignment(48).is_err());
     assert!(GgufWriter::with_alignment(0).is_err());
     assert!(w.add_tensor("t", &[2, 32], GgmlType::Q8_0, vec![0u8; 68]).is_ok());

@@ -625,7 +625,7 @@ impl GgufFile {
             // ggml stores dims as int64; the product must also fit in usize.
             n_elements = n_elements
                 .checked_mul(v)
-                .filter(|&n| n <= i64::MAX as u64 && usize::try_from(n).is_ok())
+                .filter(|&n| n <= i64::MAX as u64 && usize::try_from(n).is_ok() && usize::try_from(v).is_ok())
                 .ok_or_else(|| c.err(format!("tensor {name}: element count overflows at dim {d} = {v}")))?;
             ne.push(v);
         }
@@ -835,7 +835,13 @@ impl GgufWriter {
         if key.is_empty() || key == KEY_ALIGNMENT || self.metadata.iter().any(|(k, _)| *k == key) {
             return Err(werr(format!("metadata key {key:?} is empty, reserved or already added")));
         }
-        self.metadata.push((key, value.into()));
+        let value = value.into();
+        if let GgufValue::Array(a) = &value {
+            if array_depth(a) > MAX_ARRAY_DEPTH {
+                return Err(werr(format!("metadata {key}: arrays nested deeper than {MAX_ARRAY_DEPTH}")));
+            }
+        }
+        self.metadata.push((key, value));
         Ok(())
     }
 
@@ -946,6 +952,14 @@ impl GgufWriter {
             let _ = std::fs::remove_file(&tmp);
         }
         result
+    }
+}
+
+/// 1 for a flat array, 2 for an array of arrays, ...
+fn array_depth(a: &GgufArray) -> usize {
+    match a {
+        GgufArray::Array(v) => 1 + v.iter().map(array_depth).max().unwrap_or(0),
+        _ => 1,
     }
 }
 

@@ -26,6 +26,9 @@
 //!   Q6_K: x = (d * sc) * (q - 32),        q in 0..63, 16 sub-blocks of 16, 8-bit signed sc
 //! Reference: https://github.com/ggml-org/llama.cpp/blob/master/ggml/src/ggml-common.h and ggml-quants.c
 
+// Index loops mirror ggml's reference code line by line, which is what makes them checkable.
+#![allow(clippy::needless_range_loop)]
+
 use crate::error::{Error, Result};
 use crate::quant::DequantRows;
 use bytemuck::{Pod, Zeroable};
@@ -676,7 +679,9 @@ pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>> {
         GgmlType::Q4_K => quantize_blocks(&mut out, src, QK_K, quantize_block_q4_k),
         GgmlType::Q5_K => quantize_blocks(&mut out, src, QK_K, quantize_block_q5_k),
         GgmlType::Q6_K => quantize_blocks(&mut out, src, QK_K, quantize_block_q6_k),
-        GgmlType::Q8_1 | GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q8_K => unreachable!("checked by can_quantize"),
+        GgmlType::Q8_1 | GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q8_K => {
+            unreachable!("checked by can_quantize")
+        }
     }
     Ok(out)
 }
