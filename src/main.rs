@@ -1,3 +1,3 @@
-fn main() {
-    println!("loraforge {}", env!("CARGO_PKG_VERSION"));
+fn main() -> std::process::ExitCode {
+    loraforge::cli::main()
 }

@@ -5,6 +5,8 @@ use crate::backend::{AdamWParams, Backend};
 use crate::error::Result;
 use crate::tape::Grads;
 use crate::tensor::{Param, VarId};
+
+pub mod memory;
 use std::collections::HashMap;
 
 #[derive(Clone, Copy, Debug)]

@@ -1,0 +1,103 @@
+//! `loraforge info`: what a model is and what it needs.
+
+use crate::backend::DeviceKind;
+use crate::error::Result;
+use crate::io::gguf::GgufFile;
+use crate::model::ModelConfig;
+use crate::train::memory::{human_bytes, plan_inference, plan_lora_training, LoraShape};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub fn devices() {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| human_bytes(kb * 1024))
+        .unwrap_or_else(|| "unknown".into());
+    println!("cpu    available: {threads} threads, {mem} RAM, f32 compute (the reference backend)");
+    for (name, e) in [
+        ("wgpu", crate::backend::wgpu_stub::unavailable::<()>()),
+        ("cuda", crate::backend::cuda_stub::unavailable::<()>()),
+    ] {
+        if let Err(e) = e {
+            println!("{name:<6} unavailable: {e}");
+        }
+    }
+}
+
+pub fn model(path: &Path, seq: usize, rank: usize, device: DeviceKind) -> Result<()> {
+    let f = GgufFile::open(path)?;
+    let cfg = ModelConfig::from_gguf(&f)?;
+    let name = f.get("general.name").and_then(|v| v.as_str()).unwrap_or("");
+    println!("model         {} ({name}, GGUF v{})", path.display(), f.version());
+    println!(
+        "architecture  {}: {} layers, hidden {}, {} heads / {} KV heads, head dim {}, FFN {}, vocab {}",
+        cfg.arch,
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+        cfg.intermediate_size,
+        cfg.vocab_size
+    );
+    println!(
+        "parameters    {:.1}M{}",
+        cfg.param_count() as f64 / 1e6,
+        if cfg.tie_word_embeddings { " (tied embeddings)" } else { "" }
+    );
+    let mut types: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    let mut weight_bytes = 0u64;
+    for t in f.tensors() {
+        let e = types.entry(t.ty.upper_name().to_string()).or_default();
+        e.0 += 1;
+        e.1 += t.n_bytes as u64;
+        weight_bytes += t.n_bytes as u64;
+    }
+    let ty: Vec<String> = types.iter().map(|(k, (n, b))| format!("{k} ×{n} ({})", human_bytes(*b))).collect();
+    println!("tensors       {} in {}: {}", f.tensors().len(), human_bytes(weight_bytes), ty.join(", "));
+    let window = match (cfg.sliding_window, cfg.sliding_window_pattern) {
+        (Some(w), Some(p)) => format!(", sliding window {w} on {} of every {p} layers", p - 1),
+        (Some(w), None) => format!(", sliding window {w}"),
+        _ => String::new(),
+    };
+    println!(
+        "context       {} tokens; RoPE base {}{}{window}",
+        cfg.max_position_embeddings,
+        cfg.rope_theta,
+        cfg.rope_local_theta.map(|t| format!(" (local layers {t})")).unwrap_or_default()
+    );
+    match f.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+        Some(t) => println!("template      the model's own ({} characters)", t.len()),
+        None => {
+            println!("template      none in the file: name a built-in one (e.g. `gemma`) when chatting or training")
+        }
+    }
+    let run = plan_inference(&cfg, weight_bytes, seq);
+    println!(
+        "run           {} = weights {} + KV cache {} ({seq} tokens, f32) on {device:?}",
+        human_bytes(run.total()),
+        human_bytes(run.weights),
+        human_bytes(run.kv_cache)
+    );
+    let all = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    let lora = LoraShape { rank, targets: all.iter().map(|s| s.to_string()).collect(), dora: false };
+    let head_q =
+        f.tensor(if cfg.tie_word_embeddings { "token_embd.weight" } else { "output.weight" })?.ty.block_size() > 1;
+    let p = plan_lora_training(&cfg, weight_bytes, &lora, 1, seq, true, head_q);
+    println!(
+        "LoRA train    {} = weights {} + adapters/grads/AdamW {} + activations {} + loss {} (r={rank} on all 7 projections, batch 1 × {seq}, checkpointing)",
+        human_bytes(p.total()),
+        human_bytes(p.weights),
+        human_bytes(p.adapters + p.gradients + p.optimizer),
+        human_bytes(p.activations),
+        human_bytes(p.loss)
+    );
+    Ok(())
+}
