@@ -26,6 +26,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod backend;
+pub mod data;
 pub mod cli;
 pub mod dtype;
 pub mod error;

@@ -1,0 +1,2 @@
+//! Datasets: formats, the dataset_info.json registry, tokenization through chat templates,
+//! truncation, packing and batching.
