@@ -227,11 +227,7 @@ impl ChatTemplate {
     ///    e.g. those that drop past reasoning).
     ///
     /// Cost: two renders per assistant message plus one; each render is linear in the conversation.
-    pub fn render_with_spans(
-        &self,
-        messages: &[Message],
-        opts: &RenderOptions,
-    ) -> Result<(String, Vec<Range<usize>>)> {
+    pub fn render_with_spans(&self, messages: &[Message], opts: &RenderOptions) -> Result<(String, Vec<Range<usize>>)> {
         let full = self.render(messages, opts)?;
         let with_gen = RenderOptions { add_generation_prompt: true, ..opts.clone() };
         let without_gen = RenderOptions { add_generation_prompt: false, ..opts.clone() };
@@ -240,7 +236,8 @@ impl ChatTemplate {
             if m.role != "assistant" {
                 continue;
             }
-            let ctx = |e: Error| Error::Context { context: format!("chat template spans, message {i}"), source: Box::new(e) };
+            let ctx =
+                |e: Error| Error::Context { context: format!("chat template spans, message {i}"), source: Box::new(e) };
             let prompt = self.render(&messages[..i], &with_gen).map_err(ctx)?;
             let through = self.render(&messages[..=i], &without_gen).map_err(ctx)?;
             if !through.starts_with(&prompt) {
@@ -481,7 +478,10 @@ impl ChatTemplate {
             let nearest = names.iter().min_by_key(|n| levenshtein(&name.to_lowercase(), n)).copied().unwrap_or("");
             return Err(Error::InvalidArgument {
                 op: "chat template",
-                msg: format!("unknown built-in template `{name}` (did you mean `{nearest}`?); known: {}", names.join(", ")),
+                msg: format!(
+                    "unknown built-in template `{name}` (did you mean `{nearest}`?); known: {}",
+                    names.join(", ")
+                ),
             });
         };
         ChatTemplate::with_name(&format!("builtin:{}", b.name), &builtin_source(b), b.bos, b.eos)
@@ -535,7 +535,6 @@ fn jinja_string(s: &str) -> String {
 /// The Jinja source of a built-in template.
 fn builtin_source(b: &Builtin) -> String {
     let mut s = String::new();
-    let tag = format!("builtin:{}", b.name);
     let default_system = if b.default_system.is_empty() { "none".to_string() } else { jinja_string(b.default_system) };
     s.push_str("{#- LLaMA-Factory `");
     s.push_str(b.name);
@@ -551,16 +550,24 @@ fn builtin_source(b: &Builtin) -> String {
         let _ = writeln!(s, "{{{{- {} -}}}}", slot_expr(b.prefix, "''"));
     }
     if !b.system_in_first_user {
-        let _ = writeln!(s, "{{%- if system_message -%}}{{{{- {} -}}}}{{%- endif -%}}", slot_expr(b.system, "system_message"));
+        let _ = writeln!(
+            s,
+            "{{%- if system_message -%}}{{{{- {} -}}}}{{%- endif -%}}",
+            slot_expr(b.system, "system_message")
+        );
     } else {
         s.push_str("{%- if system_message and loop_messages and loop_messages[0]['role'] != 'user' -%}\n");
-        let _ = writeln!(s, "    {{{{- raise_exception('{tag}: the system message is merged into the first user message, so the first message after it must be from the user') -}}}}");
+        let _ = writeln!(s, "    {{{{- raise_exception('the system message is merged into the first user message, so the first message after it must be from the user') -}}}}");
         s.push_str("{%- endif -%}\n");
     }
     s.push_str("{%- for message in loop_messages -%}\n");
     if b.system_in_first_user {
         s.push_str("    {%- if loop.first and system_message -%}\n");
-        let _ = writeln!(s, "        {{%- set content = {} + message['content'] -%}}", slot_expr(b.system, "system_message"));
+        let _ = writeln!(
+            s,
+            "        {{%- set content = {} + message['content'] -%}}",
+            slot_expr(b.system, "system_message")
+        );
         s.push_str("    {%- else -%}\n");
         s.push_str("        {%- set content = message['content'] -%}\n");
         s.push_str("    {%- endif -%}\n");
@@ -572,9 +579,9 @@ fn builtin_source(b: &Builtin) -> String {
     s.push_str("    {%- elif message['role'] == 'assistant' -%}\n");
     let _ = writeln!(s, "        {{{{- {} -}}}}", slot_expr(&format!("{}{}", b.gen, b.assistant), "content"));
     s.push_str("    {%- elif message['role'] == 'system' -%}\n");
-    let _ = writeln!(s, "        {{{{- raise_exception('{tag}: a system message is only allowed first') -}}}}");
+    let _ = writeln!(s, "        {{{{- raise_exception('a system message is only allowed first') -}}}}");
     s.push_str("    {%- else -%}\n");
-    let _ = writeln!(s, "        {{{{- raise_exception('{tag}: unsupported role ' ~ message['role']) -}}}}");
+    let _ = writeln!(s, "        {{{{- raise_exception('unsupported role ' ~ message['role']) -}}}}");
     s.push_str("    {%- endif -%}\n");
     s.push_str("{%- endfor -%}\n");
     if !b.gen.is_empty() {
@@ -671,7 +678,17 @@ fn strftime_now(fmt: &str) -> std::result::Result<String, minijinja::Error> {
 /// Formats `secs` since the Unix epoch (UTC).
 fn strftime_utc(fmt: &str, secs: i64) -> std::result::Result<String, minijinja::Error> {
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
         "December",
     ];
     const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
@@ -717,7 +734,10 @@ fn strftime_utc(fmt: &str, secs: i64) -> std::result::Result<String, minijinja::
             other => {
                 return Err(minijinja::Error::new(
                     ErrorKind::InvalidOperation,
-                    format!("strftime_now: unsupported format directive %{}", other.map(String::from).unwrap_or_default()),
+                    format!(
+                        "strftime_now: unsupported format directive %{}",
+                        other.map(String::from).unwrap_or_default()
+                    ),
                 ))
             }
         }
@@ -797,7 +817,8 @@ fn tojson_filter(value: &Value, args: Rest<Value>) -> std::result::Result<Value,
     let (item_sep, key_sep) = match set(&opts[2]) {
         None => (if indent.is_some() { "," } else { ", " }.to_string(), ": ".to_string()),
         Some(v) => {
-            let parts: Vec<Value> = v.try_iter().map_err(|_| bad("separators must be a pair of strings".into()))?.collect();
+            let parts: Vec<Value> =
+                v.try_iter().map_err(|_| bad("separators must be a pair of strings".into()))?.collect();
             match parts.as_slice() {
                 [a, b] if a.as_str().is_some() && b.as_str().is_some() => {
                     (a.as_str().unwrap_or_default().to_string(), b.as_str().unwrap_or_default().to_string())
