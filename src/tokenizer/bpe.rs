@@ -43,7 +43,8 @@ pub const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\
 /// Llama 3 (`llama-bpe`): case-insensitive contractions, numbers in groups of up to 3.
 pub const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2: like Llama 3 but every digit alone.
-pub const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const QWEN2_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Every digit alone (HF `Digits(individual_digits=true)`), applied before GPT-2's regex by the
 /// StarCoder family (SmolLM, StarCoder, Refact, ...).
 pub const DIGITS_PATTERN: &str = r"\p{N}";
@@ -110,7 +111,10 @@ impl ByteLevelBpe {
                 .filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains(' '))
                 .ok_or_else(|| bad(format!("merge {rank} {m:?} is not two space-separated tokens")))?;
             let id = |t: &str| {
-                token_to_id.get(t).copied().ok_or_else(|| bad(format!("merge {rank} {m:?}: token {t:?} is not in the vocabulary")))
+                token_to_id
+                    .get(t)
+                    .copied()
+                    .ok_or_else(|| bad(format!("merge {rank} {m:?}: token {t:?} is not in the vocabulary")))
             };
             let (ia, ib) = (id(a)?, id(b)?);
             let merged = id(&format!("{a}{b}"))?;
@@ -125,7 +129,15 @@ impl ByteLevelBpe {
             char_to_byte.insert(c, b as u8);
             byte_ids[b] = token_to_id.get(c.encode_utf8(&mut [0; 4]) as &str).copied();
         }
-        Ok(ByteLevelBpe { regexes, merges: merge_map, byte_ids, byte_to_char, char_to_byte, ignore_merges, cache: Mutex::new(HashMap::new()) })
+        Ok(ByteLevelBpe {
+            regexes,
+            merges: merge_map,
+            byte_ids,
+            byte_to_char,
+            char_to_byte,
+            ignore_merges,
+            cache: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Splits plain text into pre-tokens (byte offsets into `text`).
@@ -197,7 +209,12 @@ impl ByteLevelBpe {
         let mut syms: Vec<Sym> = ids
             .iter()
             .enumerate()
-            .map(|(i, &id)| Sym { id, prev: if i == 0 { NONE } else { i - 1 }, next: if i + 1 < n { i + 1 } else { NONE }, alive: true })
+            .map(|(i, &id)| Sym {
+                id,
+                prev: if i == 0 { NONE } else { i - 1 },
+                next: if i + 1 < n { i + 1 } else { NONE },
+                alive: true,
+            })
             .collect();
         // (rank, left position): lowest rank first, then leftmost.
         let mut heap = BinaryHeap::new();

@@ -74,14 +74,16 @@ pub(super) fn from_file(path: &Path) -> Result<Tokenizer> {
     let mut special = SpecialTokens {
         bos: lookup(token_name(cfg("bos_token")))
             .or_else(|| first_of(&["<|begin_of_text|>", "<bos>", "<s>", "<|startoftext|>"])),
-        eos: lookup(token_name(cfg("eos_token"))).or_else(|| first_of(&["<|end_of_text|>", "<eos>", "</s>", "<|endoftext|>"])),
+        eos: lookup(token_name(cfg("eos_token")))
+            .or_else(|| first_of(&["<|end_of_text|>", "<eos>", "</s>", "<|endoftext|>"])),
         unk: lookup(token_name(cfg("unk_token"))),
         pad: lookup(token_name(cfg("pad_token"))),
         eot: Vec::new(),
         add_bos: false,
         add_eos: false,
     };
-    special.eot = find_eot(&[], |s| tk.token_to_id(s).filter(|&id| types.get(id as usize).is_some_and(|t| t.is_markup())));
+    special.eot =
+        find_eot(&[], |s| tk.token_to_id(s).filter(|&id| types.get(id as usize).is_some_and(|t| t.is_markup())));
     let model = HfModel { tk, config_add_bos, config_add_eos };
     // Report the flags as they act: what encoding an empty string with special tokens produces.
     let probe = model.encode("", true, &special)?;

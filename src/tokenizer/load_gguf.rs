@@ -87,10 +87,11 @@ pub(super) fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
     if special.unk.is_none() && is_llama {
         special.unk = token_to_id.get("<unk>").copied();
     }
-    let extra_eot: Vec<u32> = [opt_id(g, "tokenizer.ggml.eot_token_id", n)?, opt_id(g, "tokenizer.ggml.eom_token_id", n)?]
-        .into_iter()
-        .flatten()
-        .collect();
+    let extra_eot: Vec<u32> =
+        [opt_id(g, "tokenizer.ggml.eot_token_id", n)?, opt_id(g, "tokenizer.ggml.eom_token_id", n)?]
+            .into_iter()
+            .flatten()
+            .collect();
     // Only markup tokens count as end-of-turn: a normal word spelled "<|end|>" does not.
     special.eot = find_eot(&extra_eot, |s| token_to_id.get(s).copied().filter(|&id| types[id as usize].is_markup()));
 
@@ -114,7 +115,11 @@ pub(super) fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
                 }
             }
         }
-        Model::SentencePiece { scores, byte_ids, add_space_prefix: opt_bool(g, "tokenizer.ggml.add_space_prefix", true)? }
+        Model::SentencePiece {
+            scores,
+            byte_ids,
+            add_space_prefix: opt_bool(g, "tokenizer.ggml.add_space_prefix", true)?,
+        }
     } else {
         let merges = g.get_str_array("tokenizer.ggml.merges")?;
         let pre = match g.get("tokenizer.ggml.pre") {
@@ -122,16 +127,24 @@ pub(super) fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
             Some(_) => g.get_str("tokenizer.ggml.pre")?,
         };
         let pre_tok = bpe::PreTokenizer::from_gguf_name(pre).unwrap_or_else(|| {
-            eprintln!("loraforge: warning: unknown tokenizer.ggml.pre {pre:?} in {}; using GPT-2's pre-tokenizer", g.path());
+            eprintln!(
+                "loraforge: warning: unknown tokenizer.ggml.pre {pre:?} in {}; using GPT-2's pre-tokenizer",
+                g.path()
+            );
             bpe::PreTokenizer::gpt2()
         });
-        Model::ByteLevel(
+        Model::ByteLevel(Box::new(
             bpe::ByteLevelBpe::new(&token_to_id, merges, &pre_tok)
                 .map_err(|e| bad(g, e.to_string().trim_start_matches("tokenizer: ").to_string()))?,
-        )
+        ))
     };
     let splitter = SpecialSplitter::new(
-        tokens.iter().zip(&types).enumerate().filter(|(_, (_, ty))| ty.is_markup()).map(|(i, (t, _))| (t.as_str(), i as u32)),
+        tokens
+            .iter()
+            .zip(&types)
+            .enumerate()
+            .filter(|(_, (_, ty))| ty.is_markup())
+            .map(|(i, (t, _))| (t.as_str(), i as u32)),
     );
     Ok(Tokenizer { model, tokens: tokens.to_vec(), types, token_to_id, splitter, special })
 }

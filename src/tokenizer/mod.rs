@@ -89,11 +89,12 @@ pub struct SpecialTokens {
 }
 
 /// Names of end-of-turn tokens across model families.
-const EOT_NAMES: &[&str] = &["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_utterance>"];
+const EOT_NAMES: &[&str] =
+    &["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_utterance>"];
 
 pub(crate) enum Model {
     /// GGUF "gpt2".
-    ByteLevel(bpe::ByteLevelBpe),
+    ByteLevel(Box<bpe::ByteLevelBpe>),
     /// GGUF "llama".
     SentencePiece {
         scores: Vec<f32>,

@@ -28,7 +28,15 @@ pub struct DecodeStream<'a> {
 
 impl<'a> DecodeStream<'a> {
     pub(super) fn new(tok: &'a Tokenizer, skip_special_tokens: bool) -> Self {
-        DecodeStream { tok, skip_special_tokens, pending: Vec::new(), at_start: true, ids: Vec::new(), prefix: 0, read: 0 }
+        DecodeStream {
+            tok,
+            skip_special_tokens,
+            pending: Vec::new(),
+            at_start: true,
+            ids: Vec::new(),
+            prefix: 0,
+            read: 0,
+        }
     }
 
     /// Feeds one id; returns the text it completes (None while a char is incomplete or the token
@@ -100,7 +108,8 @@ impl<'a> DecodeStream<'a> {
         if let Model::Hf(_) = self.tok.model {
             let before = self.tok.decode(&self.ids[self.prefix..self.read], self.skip_special_tokens);
             let now = self.tok.decode(&self.ids[self.prefix..], self.skip_special_tokens);
-            return (now.len() > before.len() && now.is_char_boundary(before.len())).then(|| now[before.len()..].to_string());
+            return (now.len() > before.len() && now.is_char_boundary(before.len()))
+                .then(|| now[before.len()..].to_string());
         }
         let rest = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
