@@ -26,8 +26,8 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod backend;
-pub mod data;
 pub mod cli;
+pub mod data;
 pub mod dtype;
 pub mod error;
 pub mod io;

@@ -67,3 +67,107 @@ fn devices_lists_the_cpu() {
     assert!(out.starts_with("cpu    available:"), "{out}");
     assert!(out.contains("wgpu") && out.contains("cuda"), "{out}");
 }
+
+/// `loraforge logits` on the fixture's own prompts and conversation reproduces the fixture:
+/// token ids and chat renderings exactly, last-position logits within 3e-4 (tests/end_to_end.rs),
+/// the same top-1 token at every position, and the `reflogits/1` layout.
+#[test]
+fn logits_reproduces_the_smollm2_fixture() {
+    let fixture: serde_json::Value = serde_json::from_reader(std::io::BufReader::new(
+        std::fs::File::open(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/smollm2-135m-instruct/reference.json"),
+        )
+        .unwrap(),
+    ))
+    .unwrap();
+    let prompts: Vec<serde_json::Value> = fixture["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] != "chat_gen")
+        .map(|p| serde_json::json!({"name": p["name"], "text": p["text"], "add_special_tokens": p["add_special_tokens"]}))
+        .collect();
+    let dir = std::env::temp_dir().join(format!("lf-logits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pf = dir.join("prompts.json");
+    let out = dir.join("out.json");
+    std::fs::write(
+        &pf,
+        serde_json::to_vec(&serde_json::json!({"prompts": prompts, "conversation": fixture["chat"]["conversation"]}))
+            .unwrap(),
+    )
+    .unwrap();
+    let m = model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let (ok, _, err) = run(&[
+        "logits",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompts",
+        pf.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let got: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(got["format"], "reflogits/1");
+    for key in ["rendered", "rendered_gen", "token_ids", "token_ids_gen"] {
+        assert_eq!(got["chat"][key], fixture["chat"][key], "chat.{key}");
+    }
+    let (gp, fp) = (got["prompts"].as_array().unwrap(), fixture["prompts"].as_array().unwrap());
+    assert_eq!(gp.len(), fp.len());
+    for f in fp {
+        let g = gp.iter().find(|g| g["name"] == f["name"]).unwrap_or_else(|| panic!("missing {}", f["name"]));
+        assert_eq!(g["token_ids"], f["token_ids"], "{}: token ids", f["name"]);
+        let (a, b) = (g["last_logits"].as_array().unwrap(), f["last_logits"].as_array().unwrap());
+        let err = a.iter().zip(b).map(|(x, y)| (x.as_f64().unwrap() - y.as_f64().unwrap()).abs()).fold(0.0, f64::max);
+        assert!(err <= 3e-4, "{}: last logits differ by {err}", f["name"]);
+        assert_eq!(g["last_top5"]["ids"], f["last_top5"]["ids"], "{}: last top-5", f["name"]);
+        let (gt, ft) = (g["positions"]["top5_ids"].as_array().unwrap(), f["positions"]["top5_ids"].as_array().unwrap());
+        for (pos, (x, y)) in gt.iter().zip(ft).enumerate() {
+            assert_eq!(x[0], y[0], "{}: top-1 at position {pos}", f["name"]);
+        }
+        // Per-position mean and std over the vocabulary (torch.std, unbiased).
+        for stat in ["mean", "std"] {
+            let (x, y) = (g["positions"][stat].as_array().unwrap(), f["positions"][stat].as_array().unwrap());
+            for (a, b) in x.iter().zip(y) {
+                assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= 1e-4, "{}: {stat}", f["name"]);
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn logits_bad_prompts_file_is_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("lf-logits-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pf = dir.join("p.json");
+    std::fs::write(&pf, br#"{"prompts": [{"name": "a", "txt": "typo"}]}"#).unwrap();
+    let m = model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let out = dir.join("o.json");
+    let (ok, _, err) = run(&[
+        "logits",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompts",
+        pf.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("p.json") && err.contains("txt"), "{err}");
+    assert!(!out.exists());
+    // Gemma 3 has no template: a conversation needs --template.
+    std::fs::write(&pf, br#"{"prompts": [], "conversation": [{"role": "user", "content": "hi"}]}"#).unwrap();
+    let g = model("gemma-3-270m-q4_k_m.gguf");
+    let (ok, _, err) = run(&[
+        "logits",
+        "--model",
+        g.to_str().unwrap(),
+        "--prompts",
+        pf.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("--template"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -2,6 +2,7 @@
 //! runs one, and turns an error into a message and a non-zero exit code (never a panic).
 
 mod info;
+mod logits;
 
 use crate::backend::{resolve_device, DeviceKind};
 use crate::error::Result;
@@ -39,6 +40,25 @@ pub enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Logits of a model on a prompts file, written as `reflogits/1` JSON (token ids, last-position
+    /// logits, per-position top-5, the chat rendering) to compare with any other implementation.
+    Logits {
+        /// A GGUF model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// `{"prompts": [{"name", "text", "add_special_tokens"?}], "conversation"?: [{"role", "content"}]}`
+        #[arg(long)]
+        prompts: PathBuf,
+        /// Output JSON path.
+        #[arg(long)]
+        out: PathBuf,
+        /// A built-in chat template name (llama3, chatml, gemma, ...) instead of the model's own.
+        #[arg(long)]
+        template: Option<String>,
+        /// auto | cpu | wgpu | cuda
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
 }
 
 /// Parses `--device`, resolving `auto` to what can run here.
@@ -58,6 +78,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 None if devices => Ok(()),
                 None => Err(crate::Error::msg("info: give a model path, or --devices")),
             }
+        }
+        Command::Logits { model, prompts, out, template, device: d } => {
+            device(&d)?;
+            logits::run(&model, &prompts, &out, template.as_deref())
         }
     }
 }
