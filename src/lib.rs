@@ -30,6 +30,7 @@ pub mod cli;
 pub mod data;
 pub mod dtype;
 pub mod error;
+pub mod export;
 pub mod io;
 pub mod lora;
 pub mod model;

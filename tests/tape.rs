@@ -269,7 +269,8 @@ fn trainable_count_is_exact() {
     assert_eq!(total, 3 * per_layer);
     let names: Vec<String> = layers[1].params().iter().map(|p| p.name.clone()).collect();
     assert!(
-        names.contains(&"l1.q_proj.lora_A".to_string()) && names.contains(&"l1.down_proj.lora_B".to_string()),
+        names.contains(&"l1.self_attn.q_proj.lora_A".to_string())
+            && names.contains(&"l1.mlp.down_proj.lora_B".to_string()),
         "{names:?}"
     );
     // DoRA adds one magnitude per output row of each target.

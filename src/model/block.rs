@@ -221,7 +221,9 @@ impl<B: Backend> DecoderLayer<B> {
                 FrozenStore::Dense => Weight::Dense(Tensor::from_slice(be, &w, [d_out, d_in])?),
                 FrozenStore::Quant(q) => Weight::Frozen(Arc::new(be.upload_quant(q(w, d_out, d_in)?)?)),
             };
-            let full = format!("{prefix}.{name}");
+            // The Hugging Face module path, which adapters are named after.
+            let module = if matches!(name, "gate_proj" | "up_proj" | "down_proj") { "mlp" } else { "self_attn" };
+            let full = format!("{prefix}.{module}.{name}");
             Ok(if targets.contains(&name) {
                 Proj::Lora(LoraLinear::new(be, &full, w, None, lora, rng)?)
             } else {

@@ -168,3 +168,39 @@ impl Batch {
         }
     }
 }
+
+impl<B: Backend> Transformer<B> {
+    /// Every LoRA layer, in layer order then q, k, v, o, gate, up, down.
+    pub fn loras(&self) -> Vec<&crate::lora::LoraLinear<B>> {
+        let mut v = Vec::new();
+        for l in &self.layers {
+            for (_, p) in l.projections() {
+                if let super::block::Proj::Lora(x) = p {
+                    v.push(x);
+                }
+            }
+        }
+        v
+    }
+    /// Mutable LoRA layers. Fails while a tape still holds a layer.
+    pub fn loras_mut(&mut self) -> Result<Vec<&mut crate::lora::LoraLinear<B>>> {
+        let mut v = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let l = Arc::get_mut(l).ok_or_else(|| Error::Tape(format!("layer {i} is still held by a tape")))?;
+            for p in [
+                &mut l.q_proj,
+                &mut l.k_proj,
+                &mut l.v_proj,
+                &mut l.o_proj,
+                &mut l.gate_proj,
+                &mut l.up_proj,
+                &mut l.down_proj,
+            ] {
+                if let super::block::Proj::Lora(x) = p {
+                    v.push(x);
+                }
+            }
+        }
+        Ok(v)
+    }
+}
