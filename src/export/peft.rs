@@ -184,7 +184,7 @@ pub fn save_adapter<B: Backend>(
     }
     let mut meta = metadata;
     meta.insert("format".into(), "pt".into());
-    write_safetensors(&dir.join(ADAPTER_WEIGHTS), &tensors, Some(meta))?;
+    write_safetensors(dir.join(ADAPTER_WEIGHTS), &tensors, Some(meta))?;
     let json = serde_json::to_string_pretty(cfg)?;
     let p = dir.join(ADAPTER_CONFIG);
     let tmp = dir.join(format!("{ADAPTER_CONFIG}.tmp"));
