@@ -3,7 +3,7 @@
 //! backward on the CPU backend, frozen weights dense f32 and NF4 (QLoRA), with and without
 //! activation checkpointing. Prints ms, tokens/s, achieved GFLOP/s and peak memory.
 //!
-//!   cargo bench --bench train_step [-- --tokens 512 --iters 3]
+//!   cargo bench --bench train_step [-- --tokens 512 --iters 3] [nf4|f32]
 
 use loraforge::backend::cpu::rope::{RopeConfig, RopeLayout, RopeScaling};
 use loraforge::backend::{Backend, CpuBackend, HostQuant};
@@ -23,6 +23,9 @@ fn arg(name: &str, default: usize) -> usize {
 
 fn main() -> loraforge::Result<()> {
     let (t, iters) = (arg("--tokens", 512), arg("--iters", 3));
+    let args: Vec<String> = std::env::args().collect();
+    // `-- nf4` runs only the cases whose name contains "nf4" (cargo bench passes --bench too).
+    let filter = args.iter().skip(1).find(|a| !a.starts_with("--") && a.parse::<usize>().is_err()).cloned();
     let hd = 64;
     let cfg = BlockConfig {
         hidden_size: 2048,
@@ -64,6 +67,9 @@ fn main() -> loraforge::Result<()> {
             Ok(Arc::new(Nf4Matrix::quantize(&w, rows, cols, 64, true)?))
         }));
     for (name, store) in [("f32 base", FrozenStore::Dense), ("nf4 base (QLoRA)", nf4)] {
+        if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+            continue;
+        }
         for checkpoint in [false, true] {
             let be = CpuBackend::new();
             let mut rng = Rng::new(0);

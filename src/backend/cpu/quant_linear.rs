@@ -6,8 +6,10 @@
 //! Dims: N rows of activations (B*T), d_in = K, d_out = M. W is (d_out, d_in), PyTorch's layout.
 //! The weight is never materialised whole: panels of PANEL rows are dequantized into a scratch
 //! buffer and multiplied with `matmul` (the fastest CPU matmul), so memory stays
-//! O(PANEL * d_in) per thread. Work is split over rows of x between threads when N is large
-//! enough to pay for each thread dequantizing the weight on its own.
+//! O(PANEL * d_in). Threads come from `matmul` (gemm); the panel decode is serial. Splitting rows
+//! of x across threads instead made every thread decode all of W and oversubscribed the cores:
+//! measured on the Llama-3.2-1B layer bench (NF4, T=512, 2 cores), 1196 ms with the split vs
+//! 865 ms without (`cargo bench --bench train_step -- nf4`).
 //! Contract easy to miss: forward OVERWRITES out; backward ACCUMULATES into dx.
 //! Reference: https://pytorch.org/docs/stable/generated/torch.nn.Linear.html
 
@@ -16,15 +18,6 @@ use crate::quant::DequantRows;
 
 /// Rows of W dequantized at a time: 128 rows x 4096 d_in x 4 B = 2 MiB of scratch, about L2.
 const PANEL: usize = 128;
-/// Rows of x per thread below which one thread does everything: each thread re-decodes all of
-/// W (cost ~ d_out * d_in), which should stay small next to its share of the matmul
-/// (2 * rows * d_out * d_in flops); 64 rows makes the decode < ~2% of the work.
-const MIN_ROWS_PER_THREAD: usize = 64;
-
-fn n_threads(n: usize) -> usize {
-    let hw = std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1);
-    hw.min(n / MIN_ROWS_PER_THREAD).max(1)
-}
 
 /// out = x W^T (+ bias), overwriting out.
 pub fn quant_linear_forward(
@@ -53,20 +46,10 @@ pub fn quant_linear_forward(
         }
         return;
     }
-    let threads = n_threads(n);
-    if threads == 1 {
-        forward_rows(out, x, w, bias, n);
-        return;
-    }
-    let per = n.div_ceil(threads);
-    std::thread::scope(|s| {
-        for (o, xc) in out.chunks_mut(per * d_out).zip(x.chunks(per * d_in)) {
-            s.spawn(move || forward_rows(o, xc, w, bias, xc.len() / d_in));
-        }
-    });
+    forward_rows(out, x, w, bias, n);
 }
 
-/// One thread's forward on `n` rows of x.
+/// The forward on `n` rows of x, panel by panel.
 fn forward_rows(out: &mut [f32], x: &[f32], w: &dyn DequantRows, bias: Option<&[f32]>, n: usize) {
     let (d_out, d_in) = (w.rows(), w.cols());
     let p_max = PANEL.min(d_out);
@@ -99,20 +82,10 @@ pub fn quant_linear_backward(
     if n == 0 || d_out == 0 || d_in == 0 {
         return;
     }
-    let threads = n_threads(n);
-    if threads == 1 {
-        backward_rows(dx, dy, w, n);
-        return;
-    }
-    let per = n.div_ceil(threads);
-    std::thread::scope(|s| {
-        for (dxc, dyc) in dx.chunks_mut(per * d_in).zip(dy.chunks(per * d_out)) {
-            s.spawn(move || backward_rows(dxc, dyc, w, dyc.len() / d_out));
-        }
-    });
+    backward_rows(dx, dy, w, n);
 }
 
-/// One thread's backward on `n` rows of dy.
+/// The backward on `n` rows of dy, panel by panel.
 fn backward_rows(dx: &mut [f32], dy: &[f32], w: &dyn DequantRows, n: usize) {
     let (d_out, d_in) = (w.rows(), w.cols());
     let p_max = PANEL.min(d_out);
