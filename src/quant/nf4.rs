@@ -596,7 +596,7 @@ impl Nf4Matrix {
                 let seg_end = ((b + 1) * bs).min(end);
                 let scale = self.block_absmax(b);
                 let o = &mut out[e - start..seg_end - start];
-                let bytes = &self.packed[e / 2..(seg_end + 1) / 2];
+                let bytes = &self.packed[e / 2..seg_end.div_ceil(2)];
                 let pairs = o.len() / 2;
                 for k in 0..pairs {
                     let byte = bytes[k];
