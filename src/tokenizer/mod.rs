@@ -20,6 +20,7 @@
 //! - Ids out of range decode to U+FFFD (GGUF models) or are dropped (tokenizer.json), never a panic.
 
 mod bpe;
+pub mod chat;
 mod hf;
 mod load_gguf;
 mod special;
