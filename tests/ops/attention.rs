@@ -61,8 +61,8 @@ fn naive(q: &[f64], k: &[f64], v: &[f64], seg: Option<&[u32]>, p: &AttnParams) -
             for i in 0..nt {
                 for j in 0..nt {
                     let causal_ok = !p.causal || j <= i;
-                    let window_ok = p.window.map_or(true, |w| (i as i64 - j as i64) < w as i64);
-                    let seg_ok = seg.map_or(true, |sg| sg[b * nt + i] == sg[b * nt + j]);
+                    let window_ok = p.window.is_none_or(|w| (i as i64 - j as i64) < w as i64);
+                    let seg_ok = seg.is_none_or(|sg| sg[b * nt + i] == sg[b * nt + j]);
                     if causal_ok && window_ok && seg_ok {
                         let dotp: f64 = (0..nd)
                             .map(|c| q[((b * nt + i) * nh + h) * nd + c] * k[((b * nt + j) * nkv + g) * nd + c])

@@ -223,7 +223,7 @@ pub fn linear_cross_entropy(
     let mut grad = grad;
     if let Some((dh, dw, _)) = grad.as_ref() {
         assert!(
-            dh.len() >= n * c && dw.as_ref().map_or(true, |dw| dw.len() >= v * c),
+            dh.len() >= n * c && dw.as_ref().is_none_or(|dw| dw.len() >= v * c),
             "linear_cross_entropy: grad too short"
         );
     }
