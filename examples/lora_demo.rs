@@ -71,7 +71,7 @@ fn main() -> loraforge::Result<()> {
     for step in 1..=steps {
         let t = Instant::now();
         let mut tape = Tape::new();
-        let out = model.loss(&mut tape, &batch, checkpoint, step as u64)?;
+        let out = model.loss(&mut tape, &batch, checkpoint, Some(step as u64))?;
         let loss = out.loss.to_vec()?[0];
         let mut grads = tape.backward(&out.loss)?;
         drop(out);

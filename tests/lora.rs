@@ -47,7 +47,7 @@ fn untrained_adapter_is_bit_identical_to_base() {
             let (_be, lora, x, _) = setup(&cfg, dense, 1);
             let mut t = Tape::new();
             let base = ops::linear(&mut t, &x, &lora.base, lora.bias.as_ref()).unwrap().to_vec().unwrap();
-            let y = lora.forward(&mut t, &x, 42).unwrap();
+            let y = lora.forward(&mut t, &x, Some(42)).unwrap();
             assert!(y.is_tracked());
             assert_eq!(
                 y.to_vec().unwrap(),
@@ -99,7 +99,7 @@ fn merged_weight_matches_unmerged_forward() {
             m.storage_mut().unwrap().as_mut_slice().copy_from_slice(&v);
         }
         let mut t = Tape::new();
-        let y = lora.forward(&mut t, &x, 0).unwrap().to_vec().unwrap();
+        let y = lora.forward(&mut t, &x, Some(0)).unwrap().to_vec().unwrap();
         let merged = Weight::Dense(lora.merged_weight(&be).unwrap());
         let ym = ops::linear(&mut Tape::new(), &x, &merged, lora.bias.as_ref()).unwrap().to_vec().unwrap();
         // Two f32 summation orders over d_in = 29 and r = 4 terms of size ~1: ~1e-6 observed.
@@ -119,7 +119,7 @@ fn dora_starts_at_the_base_and_trains_its_magnitude() {
     }
     let mut t = Tape::new();
     let base = ops::linear(&mut t, &x, &lora.base, lora.bias.as_ref()).unwrap().to_vec().unwrap();
-    let y = lora.forward(&mut t, &x, 0).unwrap().to_vec().unwrap();
+    let y = lora.forward(&mut t, &x, Some(0)).unwrap().to_vec().unwrap();
     // m / ‖W₀‖ rounds to 1 ± 1 ulp: the base output within one f32 rounding.
     assert_close(&y, &base, Tol { abs: 1e-6, rel: 1e-6 }, "dora at init");
     drop(t); // the tape holds the parameters until it is gone
@@ -129,11 +129,11 @@ fn dora_starts_at_the_base_and_trains_its_magnitude() {
     let mut rng = Rng::new(6);
     let r = randn_f32(&mut rng, 7 * 13, 1.0);
     let loss = |l: &LoraLinear<CpuBackend>| -> f64 {
-        let y = l.forward(&mut Tape::new(), &x, 0).unwrap().to_vec().unwrap();
+        let y = l.forward(&mut Tape::new(), &x, Some(0)).unwrap().to_vec().unwrap();
         y.iter().zip(&r).map(|(&a, &b)| a as f64 * b as f64).sum()
     };
     let mut t = Tape::new();
-    let y = lora.forward(&mut t, &x, 0).unwrap();
+    let y = lora.forward(&mut t, &x, Some(0)).unwrap();
     let grads = t.backward_from(x.backend(), y.var().unwrap(), x.backend().upload(&r).unwrap()).unwrap();
     drop(y);
     assert_eq!(grads.len(), 3, "A, B and the magnitude");
@@ -172,9 +172,15 @@ fn adapter_dropout_is_reproducible_and_seeded() {
     let cfg = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.5, ..Default::default() };
     let (_be, mut lora, x, _) = setup(&cfg, true, 7);
     randomize_b(&mut lora, 8);
-    let run = |seed| lora.forward(&mut Tape::new(), &x, seed).unwrap().to_vec().unwrap();
-    assert_eq!(run(1), run(1));
-    assert_ne!(run(1), run(2));
+    let run = |seed: Option<u64>| lora.forward(&mut Tape::new(), &x, seed).unwrap().to_vec().unwrap();
+    assert_eq!(run(Some(1)), run(Some(1)));
+    assert_ne!(run(Some(1)), run(Some(2)));
+    // Evaluation (no seed) has no dropout: the output is the merged layer's.
+    let be = x.backend().clone();
+    let merged = Weight::Dense(lora.merged_weight(&be).unwrap());
+    let want = ops::linear(&mut Tape::new(), &x, &merged, lora.bias.as_ref()).unwrap().to_vec().unwrap();
+    assert_close(&run(None), &want, Tol::F32, "eval forward without dropout");
+    assert_ne!(run(None), run(Some(1)));
 }
 
 #[test]
@@ -187,7 +193,7 @@ fn adamw_updates_only_trainable_params() {
     let mut losses = Vec::new();
     for _ in 0..20 {
         let mut t = Tape::new();
-        let y = lora.forward(&mut t, &x, 0).unwrap();
+        let y = lora.forward(&mut t, &x, Some(0)).unwrap();
         let out = ops::linear_cross_entropy(&mut t, &y, &head, &targets, None).unwrap();
         losses.push(out.loss.to_vec().unwrap()[0]);
         let mut grads = t.backward(&out.loss).unwrap();

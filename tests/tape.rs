@@ -44,7 +44,7 @@ fn small_cfg(gemma: bool) -> BlockConfig {
 }
 
 fn inputs(b: usize, t: usize) -> LayerInputs {
-    LayerInputs { positions: (0..b * t).map(|i| (i % t) as u32).collect::<Vec<_>>().into(), segment_ids: None, seed: 7 }
+    LayerInputs { positions: (0..b * t).map(|i| (i % t) as u32).collect::<Vec<_>>().into(), segment_ids: None, seed: Some(7) }
 }
 
 fn lora_cfg() -> LoraConfig {
@@ -354,10 +354,10 @@ fn full_tuning_gradients_match_finite_differences() {
     let rows: Vec<Vec<u32>> = (0..2).map(|_| (0..6).map(|_| rng.below(vocab) as u32).collect()).collect();
     let batch = Batch::causal_lm(&rows).unwrap();
     let loss_of = |m: &Transformer<CpuBackend>| {
-        m.loss(&mut Tape::new(), &batch, false, 0).unwrap().loss.to_vec().unwrap()[0] as f64
+        m.loss(&mut Tape::new(), &batch, false, Some(0)).unwrap().loss.to_vec().unwrap()[0] as f64
     };
     let mut tape = Tape::new();
-    let out = model.loss(&mut tape, &batch, true, 0).unwrap();
+    let out = model.loss(&mut tape, &batch, true, Some(0)).unwrap();
     let grads = tape.backward(&out.loss).unwrap();
     drop(out);
     assert_eq!(grads.len(), vars.len(), "a gradient for every trainable weight and nothing else");

@@ -134,12 +134,15 @@ impl<B: Backend> LoraLinear<B> {
     }
 
     /// x (..., d_in) → (..., d_out). `dropout_seed` makes the adapter dropout reproducible (and
-    /// identical when activation checkpointing recomputes the layer).
-    pub fn forward(&self, tape: &mut Tape<B>, x: &Tensor<B>, dropout_seed: u64) -> Result<Tensor<B>> {
+    /// identical when activation checkpointing recomputes the layer); None (evaluation) disables it.
+    pub fn forward(&self, tape: &mut Tape<B>, x: &Tensor<B>, dropout_seed: Option<u64>) -> Result<Tensor<B>> {
         let be = x.backend().clone();
         let base_no_bias =
             ops::linear(tape, x, &self.base, if self.magnitude.is_some() { None } else { self.bias.as_ref() })?;
-        let xd = ops::dropout(tape, x, self.cfg.dropout, dropout_seed, 0)?;
+        let xd = match dropout_seed {
+            Some(seed) => ops::dropout(tape, x, self.cfg.dropout, seed, 0)?,
+            None => x.clone(),
+        };
         let ax = ops::linear(tape, &xd, &Weight::Dense(self.a.t.clone()), None)?; // (..., r)
         let bax = ops::linear(tape, &ax, &Weight::Dense(self.b.t.clone()), None)?; // (..., d_out)
         let lora = ops::scale(tape, &bax, self.cfg.scale())?;

@@ -47,7 +47,7 @@ pub enum Proj<B: Backend> {
 }
 
 impl<B: Backend> Proj<B> {
-    pub fn forward(&self, tape: &mut Tape<B>, x: &Tensor<B>, seed: u64) -> Result<Tensor<B>> {
+    pub fn forward(&self, tape: &mut Tape<B>, x: &Tensor<B>, seed: Option<u64>) -> Result<Tensor<B>> {
         match self {
             Proj::Frozen { w, bias } => ops::linear(tape, x, w, bias.as_ref()),
             Proj::Lora(l) => l.forward(tape, x, seed),
@@ -91,8 +91,8 @@ pub struct LayerInputs {
     pub positions: Arc<[u32]>,
     /// (B*T) segment ids for packed rows, or None.
     pub segment_ids: Option<Arc<[u32]>>,
-    /// Seed for the adapters' dropout in this layer and step.
-    pub seed: u64,
+    /// Seed for the adapters' dropout in this layer and step; None disables dropout (evaluation).
+    pub seed: Option<u64>,
 }
 
 impl<B: Backend> DecoderLayer<B> {
@@ -139,7 +139,7 @@ impl<B: Backend> DecoderLayer<B> {
         }
         let (b, t) = (d[0], d[1]);
         let (h, kv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let seed = |i: u64| inp.seed.wrapping_mul(31).wrapping_add(i);
+        let seed = |i: u64| inp.seed.map(|s| s.wrapping_mul(31).wrapping_add(i));
 
         let n = ops::rms_norm(tape, x, &self.attn_norm, c.rms_norm_eps, c.norm_add_one)?;
         let mut q = self.q_proj.forward(tape, &n, seed(0))?.reshape([b, t, h, hd])?;

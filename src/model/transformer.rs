@@ -107,8 +107,9 @@ impl<B: Backend> Transformer<B> {
         Ok(v)
     }
 
-    /// Final hidden states (B*T, C), after the final norm.
-    pub fn hidden(&self, tape: &mut Tape<B>, batch: &Batch, checkpoint: bool, seed: u64) -> Result<Tensor<B>> {
+    /// Final hidden states (B*T, C), after the final norm. `seed`: the step's dropout seed (None:
+    /// evaluation, no dropout).
+    pub fn hidden(&self, tape: &mut Tape<B>, batch: &Batch, checkpoint: bool, seed: Option<u64>) -> Result<Tensor<B>> {
         let be = self.norm.backend().clone();
         let c = self.block.hidden_size;
         let mut h = ops::embedding(tape, &batch.ids, &self.embed, &be)?;
@@ -120,7 +121,7 @@ impl<B: Backend> Transformer<B> {
             let inp = LayerInputs {
                 positions: batch.positions.clone(),
                 segment_ids: batch.segment_ids.clone(),
-                seed: seed.wrapping_mul(1_000_003).wrapping_add(l as u64),
+                seed: seed.map(|s| s.wrapping_mul(1_000_003).wrapping_add(l as u64)),
             };
             h = if checkpoint {
                 forward_checkpointed(tape, layer, &h, &inp)?
@@ -133,7 +134,7 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// Mean cross-entropy over the batch's non-ignored targets.
-    pub fn loss(&self, tape: &mut Tape<B>, batch: &Batch, checkpoint: bool, seed: u64) -> Result<LossOutput<B>> {
+    pub fn loss(&self, tape: &mut Tape<B>, batch: &Batch, checkpoint: bool, seed: Option<u64>) -> Result<LossOutput<B>> {
         let h = self.hidden(tape, batch, checkpoint, seed)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         ops::linear_cross_entropy(tape, &h, head, &batch.targets, self.final_softcap)
@@ -143,8 +144,8 @@ impl<B: Backend> Transformer<B> {
 impl<B: Backend> Transformer<B> {
     /// Logits (B*T, V) for a batch, with no tape kept (inference).
     pub fn logits(&self, batch: &Batch) -> Result<Vec<f32>> {
-        let mut tape = Tape::new();
-        let h = self.hidden(&mut tape, batch, false, 0)?;
+        let mut tape = Tape::no_grad();
+        let h = self.hidden(&mut tape, batch, false, None)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let mut z = ops::linear(&mut tape, &h, head, None)?.to_vec()?;
         if let Some(cap) = self.final_softcap {

@@ -182,17 +182,27 @@ impl<B: Backend> Grads<B> {
 
 pub struct Tape<B: Backend> {
     nodes: Vec<Node<B>>,
+    /// False for inference: nothing is recorded and every output is untracked, so activations are
+    /// freed as soon as they are used.
+    enabled: bool,
 }
 
 impl<B: Backend> Default for Tape<B> {
     fn default() -> Self {
-        Tape { nodes: Vec::new() }
+        Tape { nodes: Vec::new(), enabled: true }
     }
 }
 
 impl<B: Backend> Tape<B> {
     pub fn new() -> Self {
         Self::default()
+    }
+    /// A tape that records nothing (evaluation, generation).
+    pub fn no_grad() -> Self {
+        Tape { nodes: Vec::new(), enabled: false }
+    }
+    pub fn is_recording(&self) -> bool {
+        self.enabled
     }
     pub fn len(&self) -> usize {
         self.nodes.len()
@@ -207,7 +217,7 @@ impl<B: Backend> Tape<B> {
 
     /// Records `op` if any input is tracked and returns the output's var (None: nothing recorded).
     pub(crate) fn record(&mut self, any_tracked: bool, op: impl FnOnce() -> BackwardOp<B>) -> Option<VarId> {
-        if !any_tracked {
+        if !any_tracked || !self.enabled {
             return None;
         }
         let out = new_var();
@@ -219,6 +229,9 @@ impl<B: Backend> Tape<B> {
     /// dropped now and recomputed during backward. Gradients are identical to running `f` directly
     /// (tested in tests/tape.rs), provided `f` is deterministic (dropout seeds come from arguments).
     pub fn checkpoint(&mut self, x: &Tensor<B>, f: CheckpointFn<B>) -> Result<Tensor<B>> {
+        if !self.enabled {
+            return f(self, x);
+        }
         let mut inner = Tape::new();
         let out = f(&mut inner, x)?;
         if inner.is_empty() {

@@ -7,6 +7,7 @@ use crate::tape::Grads;
 use crate::tensor::{Param, VarId};
 
 pub mod memory;
+pub mod step;
 use std::collections::HashMap;
 
 #[derive(Clone, Copy, Debug)]
