@@ -28,6 +28,7 @@
 pub mod backend;
 pub mod dtype;
 pub mod error;
+pub mod generate;
 pub mod io;
 pub mod lora;
 pub mod model;
