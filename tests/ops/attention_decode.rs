@@ -23,6 +23,7 @@ const HEADS: [(usize, usize, usize); 4] = [(1, 1, 5), (4, 1, 1), (6, 2, 13), (3,
 
 /// The decode output for the last TQ rows of a T = past + TQ sequence, and the same rows of the
 /// training kernel's causal output.
+#[allow(clippy::too_many_arguments)]
 fn both(
     q: &[f64], // (T, H, D)
     k: &[f64], // (T, KV, D)
