@@ -261,6 +261,20 @@ fn greedy_first_token_matches_reference_smollm2() {
     }
 }
 
+/// Gemma 3 through `generate` (sliding layers, 262k vocab): the first greedy token after each
+/// fixture prompt is the reference's top-1 (margins >= 0.5 there). Two tokens, to keep it quick.
+#[test]
+fn greedy_first_token_matches_reference_gemma3() {
+    let be = CpuBackend::new();
+    let (model, _) = load_gguf(&be, model_path("gemma-3-270m-q4_k_m.gguf"), &AdapterSpec::default()).unwrap();
+    let r = reference("gemma3-270m/reference.json");
+    let cfg = GenerateConfig { max_new_tokens: 2, ..GenerateConfig::default() };
+    for p in &r.prompts {
+        let out = generate(&model, &p.token_ids, &cfg, &mut |_| true).unwrap();
+        assert_eq!(out[0], p.last_top5.ids[0], "{}: first greedy token", p.name);
+    }
+}
+
 // ---- (c) sampler
 
 /// Hand-made logits over 6 tokens with a clear order: 2 > 4 > 0 > 5 > 1 > 3.
