@@ -7,7 +7,7 @@
 //! The prompt is synthetic (token ids 1000, 1001, ...): speed does not depend on the text.
 
 use loraforge::backend::CpuBackend;
-use loraforge::generate::{argmax, Session};
+use loraforge::generate::{argmax, GenerateConfig, Sampler, Session};
 use loraforge::model::{load_gguf, AdapterSpec};
 use loraforge::Backend;
 use std::path::PathBuf;
@@ -50,6 +50,17 @@ fn main() -> loraforge::Result<()> {
             1e3 * t_decode / n_new as f64,
             s.cache_bytes() as f64 / (1 << 20) as f64,
             s.pos()
+        );
+        // Sampling cost per token (full-vocabulary sort for top-p), on the last logits.
+        let mut sampler = Sampler::new(&GenerateConfig { temperature: 0.7, top_p: 0.9, ..GenerateConfig::default() });
+        let t2 = Instant::now();
+        for _ in 0..20 {
+            std::hint::black_box(sampler.sample(&z, &prompt));
+        }
+        println!(
+            "  sampling (T 0.7, top-p 0.9, V {}): {:.2} ms/token",
+            z.len(),
+            1e3 * t2.elapsed().as_secs_f64() / 20.0
         );
     }
     Ok(())

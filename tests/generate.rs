@@ -343,6 +343,53 @@ fn sampler_top_k_top_p_min_p_sets() {
     assert_eq!(ids(&candidates(&[1.0, 2.0, 2.0, 0.0], 1.0, 2, 1.0, 0.0)), vec![1, 2]);
 }
 
+/// On a large vocabulary (where `candidates` sorts only a growing prefix), the kept set and its
+/// probabilities equal a naive full sort + cut written out here, for top-p, min-p, top-k and none.
+#[test]
+fn sampler_prefix_sort_equals_full_sort() {
+    let mut rng = Rng::new(21);
+    let v = 5003;
+    for (std, t, k, p, mp) in [
+        (1.0, 1.0, 0, 0.9, 0.0),     // nucleus of thousands: the prefix grows 256 -> 1024 -> 4096 -> all
+        (4.0, 0.7, 0, 0.5, 0.0),     // peaked: the first 256 are enough
+        (1.0, 1.0, 0, 1.0, 0.2),     // min-p alone
+        (2.0, 1.3, 300, 0.95, 0.01), // all three
+        (1.0, 1.0, 0, 1.0, 0.0),     // nothing cut
+    ] {
+        let z = randn_f32(&mut rng, v, std);
+        let got = candidates(&z, t, k, p, mp);
+        // Naive: full sort by scaled logit (ties by id), top-k, softmax, top-p, min-p, renormalise.
+        let mut c: Vec<(u32, f64)> = z.iter().enumerate().map(|(i, &x)| (i as u32, x as f64 / t as f64)).collect();
+        c.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if k > 0 {
+            c.truncate(k);
+        }
+        let m = c[0].1;
+        let sum: f64 = c.iter().map(|x| (x.1 - m).exp()).sum();
+        let probs: Vec<f64> = c.iter().map(|x| (x.1 - m).exp() / sum).collect();
+        let mut n = c.len();
+        if p < 1.0 {
+            let mut mass = 0.0;
+            n = probs
+                .iter()
+                .position(|&q| {
+                    mass += q;
+                    mass >= p as f64
+                })
+                .map_or(n, |i| i + 1);
+        }
+        if mp > 0.0 {
+            n = n.min(probs.iter().take_while(|&&q| q >= mp as f64 * probs[0]).count().max(1));
+        }
+        let kept: f64 = probs[..n].iter().sum();
+        assert_eq!(got.len(), n, "std {std} T {t} k {k} p {p} min_p {mp}");
+        for (i, &(id, q)) in got.iter().enumerate() {
+            assert_eq!(id, c[i].0, "rank {i}");
+            assert!((q - probs[i] / kept).abs() < 1e-12, "rank {i}: {q} vs {}", probs[i] / kept);
+        }
+    }
+}
+
 /// Empirical frequencies of 20000 draws follow the top-k = 3 distribution (5 sigma of a binomial
 /// with p <= 0.7 and n = 20000 is < 0.017).
 #[test]

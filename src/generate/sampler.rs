@@ -108,6 +108,9 @@ pub fn apply_repetition_penalty(logits: &mut [f32], seen: &[u32], penalty: f32) 
     }
 }
 
+/// Tokens sorted first when top-p or min-p will cut the distribution (grown x4 until enough).
+const PREFIX_START: usize = 256;
+
 /// The distribution a sample is drawn from after temperature, top-k, top-p and min-p: (token id,
 /// renormalised probability) pairs, most likely first (ties by lower id). `temperature` > 0.
 pub fn candidates(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, min_p: f32) -> Vec<(u32, f64)> {
@@ -119,12 +122,32 @@ pub fn candidates(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, mi
         c.select_nth_unstable_by(top_k - 1, order); // the k best in front, unordered
         c.truncate(top_k);
     }
-    c.sort_unstable_by(order);
-    // Softmax over what is left (max first, so exp never overflows).
-    let m = c.first().map_or(0.0, |x| x.1);
+    // Softmax over what is left (max-subtracted, so exp never overflows), in any order.
+    let m = c.iter().fold(f64::NEG_INFINITY, |a, x| a.max(x.1));
     c.iter_mut().for_each(|x| x.1 = (x.1 - m).exp());
     let sum: f64 = c.iter().map(|x| x.1).sum();
     c.iter_mut().for_each(|x| x.1 /= sum);
+    // Sort only as much as top-p / min-p can keep: the best `n` in front (select, then sort them),
+    // growing n until the prefix holds mass >= p or reaches a token below the min-p floor. The
+    // prefix is the full sort's prefix (the order is total), so the result is the same; it saves
+    // sorting a 262k vocabulary for a nucleus of a few hundred tokens.
+    let p_max = if m == f64::NEG_INFINITY { 0.0 } else { 1.0 / sum }; // exp(0) / sum
+    let enough = |prefix: &[(u32, f64)]| {
+        (top_p < 1.0 && prefix.iter().map(|x| x.1).sum::<f64>() >= top_p as f64)
+            || (min_p > 0.0 && prefix.last().is_some_and(|x| x.1 < min_p as f64 * p_max))
+    };
+    let mut n = if top_p < 1.0 || min_p > 0.0 { PREFIX_START.min(c.len()) } else { c.len() };
+    loop {
+        if n < c.len() {
+            c.select_nth_unstable_by(n - 1, order);
+        }
+        c[..n].sort_unstable_by(order);
+        if n == c.len() || enough(&c[..n]) {
+            c.truncate(n);
+            break;
+        }
+        n = (4 * n).min(c.len());
+    }
     if top_p < 1.0 {
         // Keep token n while the mass before it is < p: the smallest prefix with mass >= p.
         let mut mass = 0.0;
