@@ -75,7 +75,8 @@ fn main() -> loraforge::Result<()> {
             let mut rng = Rng::new(0);
             let layer = Arc::new(DecoderLayer::random(&be, &cfg, "model.layers.0", &targets, &lora, &store, &mut rng)?);
             let x = Tensor::from_slice(&be, &(0..t * 2048).map(|_| rng.normal()).collect::<Vec<_>>(), [1, t, 2048])?;
-            let inp = LayerInputs { positions: (0..t as u32).collect::<Vec<_>>().into(), segment_ids: None, seed: 0 };
+            let inp =
+                LayerInputs { positions: (0..t as u32).collect::<Vec<_>>().into(), segment_ids: None, seed: Some(0) };
             let base_mem = be.memory().current;
             let mut times = Vec::new();
             for _ in 0..iters + 1 {

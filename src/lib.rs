@@ -31,6 +31,7 @@ pub mod data;
 pub mod dtype;
 pub mod error;
 pub mod export;
+pub mod generate;
 pub mod io;
 pub mod lora;
 pub mod model;

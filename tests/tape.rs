@@ -44,7 +44,11 @@ fn small_cfg(gemma: bool) -> BlockConfig {
 }
 
 fn inputs(b: usize, t: usize) -> LayerInputs {
-    LayerInputs { positions: (0..b * t).map(|i| (i % t) as u32).collect::<Vec<_>>().into(), segment_ids: None, seed: Some(7) }
+    LayerInputs {
+        positions: (0..b * t).map(|i| (i % t) as u32).collect::<Vec<_>>().into(),
+        segment_ids: None,
+        seed: Some(7),
+    }
 }
 
 fn lora_cfg() -> LoraConfig {

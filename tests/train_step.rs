@@ -27,7 +27,13 @@ fn small() -> Transformer<CpuBackend> {
         rms_norm_eps: 1e-5,
         norm_add_one: false,
         gelu: false,
-        rope: RopeConfig { head_dim: 8, rotary_dim: 8, theta: 10000.0, layout: RopeLayout::HalfSplit, scaling: RopeScaling::None },
+        rope: RopeConfig {
+            head_dim: 8,
+            rotary_dim: 8,
+            theta: 10000.0,
+            layout: RopeLayout::HalfSplit,
+            scaling: RopeScaling::None,
+        },
         attn_scale: 8f32.powf(-0.5),
         sliding_window: None,
         attn_softcap: None,
@@ -35,7 +41,9 @@ fn small() -> Transformer<CpuBackend> {
         post_norms: false,
     };
     let lora = LoraConfig { rank: 4, alpha: 8.0, ..Default::default() };
-    let mut m = Transformer::random(&CpuBackend::new(), &cfg, 2, 29, &ALL, &lora, &FrozenStore::Dense, &mut Rng::new(0)).unwrap();
+    let mut m =
+        Transformer::random(&CpuBackend::new(), &cfg, 2, 29, &ALL, &lora, &FrozenStore::Dense, &mut Rng::new(0))
+            .unwrap();
     let mut rng = Rng::new(1);
     for p in m.params_mut().unwrap() {
         if p.name.ends_with("lora_B") {

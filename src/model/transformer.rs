@@ -134,7 +134,13 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// Mean cross-entropy over the batch's non-ignored targets.
-    pub fn loss(&self, tape: &mut Tape<B>, batch: &Batch, checkpoint: bool, seed: Option<u64>) -> Result<LossOutput<B>> {
+    pub fn loss(
+        &self,
+        tape: &mut Tape<B>,
+        batch: &Batch,
+        checkpoint: bool,
+        seed: Option<u64>,
+    ) -> Result<LossOutput<B>> {
         let h = self.hidden(tape, batch, checkpoint, seed)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         ops::linear_cross_entropy(tape, &h, head, &batch.targets, self.final_softcap)

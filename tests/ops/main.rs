@@ -6,6 +6,7 @@ mod common;
 
 mod adamw;
 mod attention;
+mod attention_decode;
 mod dropout;
 mod embedding;
 mod geglu;

@@ -7,6 +7,7 @@ pub mod real;
 
 pub mod adamw;
 pub mod attention;
+pub mod attention_decode;
 pub mod dropout;
 pub mod embedding;
 pub mod geglu;

@@ -9,7 +9,10 @@
 //! O(PANEL * d_in). Threads come from `matmul` (gemm); the panel decode is serial. Splitting rows
 //! of x across threads instead made every thread decode all of W and oversubscribed the cores:
 //! measured on the Llama-3.2-1B layer bench (NF4, T=512, 2 cores), 1196 ms with the split vs
-//! 865 ms without (`cargo bench --bench train_step -- nf4`).
+//! 865 ms without (`cargo bench --bench train_step -- nf4`). Splitting W's panels between threads
+//! for decode steps (N = 1) measured slower too (25 vs 28 tokens/s, `cargo run --release --example
+//! generate_bench`): there the cost is decoding each row to f32 (~0.3 ns per weight); a fused
+//! quantized dot product per format (llama.cpp's vec_dot) is the way to go faster.
 //! Contract easy to miss: forward OVERWRITES out; backward ACCUMULATES into dx.
 //! Reference: https://pytorch.org/docs/stable/generated/torch.nn.Linear.html
 

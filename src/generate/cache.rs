@@ -1,0 +1,226 @@
+//! KV cache and the cached forward: the model's own layers run on the new tokens only, their keys
+//! and values (after RoPE and k-norm) appended to a per-layer cache, and attention done by
+//! `attention_decode` against the cache. Same weights, same ops, same order as
+//! `DecoderLayer::forward` / `Transformer::logits`, so `prefill(ids)` followed by `step(id)`s gives
+//! the logits a full recompute on the whole sequence gives, to float rounding.
+//! Spec: src/model/block.rs (the full forward)   Test: tests/generate.rs
+//!
+//! Legend: TQ new tokens, S cached positions, C hidden, H, KV heads, D head dim, V vocab.
+//!
+//! Contracts easy to miss:
+//! - LoRA adapters are applied as they are, with dropout OFF (the `LoraLinear` forward with p = 0,
+//!   parameters detached so nothing is recorded on a tape). DoRA's magnitude is applied.
+//! - The cache lives on the host as f32 (`Vec<f32>`), whatever the backend: q, k, v are downloaded
+//!   and the attention output uploaded each layer. On `CpuBackend` that is a copy; a GPU backend
+//!   will want a device-resident cache and an `attention_decode` primitive on `Backend`.
+//! - Sliding-window layers keep at most `2 * window` rows: once a layer holds that many, the rows
+//!   no future query can see (older than the last `window - 1`) are dropped in one move, so the
+//!   cost is amortised and the kernel always gets one contiguous buffer.
+//! - Positions are absolute: the n-th token fed (prompt and generated) is at position n.
+
+use crate::backend::cpu::attention_decode::{attention_decode, DecodeParams};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::model::{DecoderLayer, Proj, Transformer};
+use crate::ops::{self, Weight};
+use crate::tape::Tape;
+use crate::tensor::Tensor;
+use std::sync::Arc;
+
+/// One layer's cached keys and values: rows for absolute positions [pos0, pos0 + rows).
+#[derive(Clone, Debug, Default)]
+pub struct LayerKv {
+    /// (rows, KV, D), after RoPE (and k-norm when the model has one).
+    pub k: Vec<f32>,
+    /// (rows, KV, D)
+    pub v: Vec<f32>,
+    /// Absolute position of row 0 (> 0 once a sliding-window layer dropped old rows).
+    pub pos0: usize,
+    /// KV * D: floats per cached position.
+    pub row: usize,
+    /// The layer's sliding window, if it has one.
+    pub window: Option<usize>,
+}
+
+impl LayerKv {
+    /// Cached positions.
+    pub fn rows(&self) -> usize {
+        self.k.len() / self.row
+    }
+
+    /// Appends TQ new rows: k, v (TQ, KV, D).
+    fn append(&mut self, k: &[f32], v: &[f32]) {
+        self.k.extend_from_slice(k);
+        self.v.extend_from_slice(v);
+    }
+
+    /// Drops rows no future query can see (sliding-window layers), once the cache holds 2 * window
+    /// rows. After this call the next query sits at position pos0 + rows and sees positions back to
+    /// pos0 + rows - window + 1, so the last window - 1 rows are kept.
+    fn trim(&mut self) {
+        let Some(w) = self.window else { return };
+        let rows = self.rows();
+        if rows < 2 * w.max(1) {
+            return;
+        }
+        let drop = rows - w.saturating_sub(1);
+        self.k.drain(..drop * self.row);
+        self.v.drain(..drop * self.row);
+        self.pos0 += drop;
+    }
+}
+
+/// The KV cache of a whole model: one `LayerKv` per layer, and the number of positions fed so far.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    pub layers: Vec<LayerKv>,
+    /// Tokens fed so far = the position of the next token.
+    pub pos: usize,
+}
+
+impl KvCache {
+    /// An empty cache shaped for `model`.
+    pub fn new<B: Backend>(model: &Transformer<B>) -> Self {
+        let layers = model
+            .layers
+            .iter()
+            .map(|l| LayerKv {
+                row: l.cfg.num_key_value_heads * l.cfg.head_dim,
+                window: l.cfg.sliding_window,
+                ..LayerKv::default()
+            })
+            .collect();
+        KvCache { layers, pos: 0 }
+    }
+
+    /// Bytes held by the cached keys and values (f32), summed over layers: at most
+    /// 2 · 4 · KV · D · (positions, or 2 · window on sliding layers) per layer.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(|l| (l.k.len() + l.v.len()) * std::mem::size_of::<f32>()).sum()
+    }
+
+    /// Forgets everything (keeps the allocations).
+    pub fn clear(&mut self) {
+        for l in &mut self.layers {
+            l.k.clear();
+            l.v.clear();
+            l.pos0 = 0;
+        }
+        self.pos = 0;
+    }
+}
+
+/// The projection's forward for inference: on a no-grad tape with no dropout seed, LoRA is
+/// y = W₀x + b + s·B(Ax) (DoRA: scaled per row) and nothing is recorded.
+fn proj_eval<B: Backend>(tape: &mut Tape<B>, p: &Proj<B>, x: &Tensor<B>) -> Result<Tensor<B>> {
+    p.forward(tape, x, None)
+}
+
+/// One decoder layer on TQ new tokens: x (1, TQ, C) → (1, TQ, C), appending their keys and values
+/// to `kv`. `pos` is the absolute position of the first new token. Mirrors `DecoderLayer::forward`
+/// step by step; only the attention differs (new queries against the cache).
+pub fn layer_forward_cached<B: Backend>(
+    layer: &DecoderLayer<B>,
+    x: &Tensor<B>, // (1, TQ, C)
+    kv: &mut LayerKv,
+    pos: usize,
+) -> Result<Tensor<B>> {
+    let c = &layer.cfg;
+    let d = x.dims();
+    if d.len() != 3 || d[0] != 1 || d[2] != c.hidden_size {
+        return Err(Error::BadShape {
+            op: "layer_forward_cached",
+            shape: x.shape().clone(),
+            msg: format!("expected (1, TQ, {})", c.hidden_size),
+        });
+    }
+    if kv.pos0 + kv.rows() != pos {
+        return Err(Error::InvalidArgument {
+            op: "layer_forward_cached",
+            msg: format!("cache holds positions up to {}, new tokens start at {pos}", kv.pos0 + kv.rows()),
+        });
+    }
+    let tq = d[1];
+    let (h, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let be = x.backend().clone();
+    let tape = &mut Tape::no_grad();
+    let positions: Arc<[u32]> = (pos..pos + tq).map(|p| p as u32).collect();
+
+    let n = ops::rms_norm(tape, x, &layer.attn_norm, c.rms_norm_eps, c.norm_add_one)?;
+    let mut q = proj_eval(tape, &layer.q_proj, &n)?.reshape([1, tq, h, hd])?;
+    let mut k = proj_eval(tape, &layer.k_proj, &n)?.reshape([1, tq, nkv, hd])?;
+    let v = proj_eval(tape, &layer.v_proj, &n)?; // (1, TQ, KV*D)
+    if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+        q = ops::rms_norm(tape, &q, qn, c.rms_norm_eps, c.norm_add_one)?;
+        k = ops::rms_norm(tape, &k, kn, c.rms_norm_eps, c.norm_add_one)?;
+    }
+    let q = ops::rope(tape, &q, &positions, &c.rope)?.to_vec()?; // (TQ, H, D)
+    let k = ops::rope(tape, &k, &positions, &c.rope)?.to_vec()?; // (TQ, KV, D)
+    kv.append(&k, &v.to_vec()?);
+    let p = DecodeParams {
+        tq,
+        s: kv.rows(),
+        h,
+        kv_heads: nkv,
+        d: hd,
+        scale: c.attn_scale,
+        window: c.sliding_window,
+        softcap: c.attn_softcap,
+    };
+    let mut a = vec![0.0f32; tq * h * hd]; // (TQ, H, D)
+    attention_decode(&mut a, &q, &kv.k, &kv.v, &p);
+    kv.trim();
+    let a = Tensor::from_slice(&be, &a, [1, tq, h * hd])?;
+    let mut o = proj_eval(tape, &layer.o_proj, &a)?;
+    if let Some(pn) = &layer.post_attn_norm {
+        o = ops::rms_norm(tape, &o, pn, c.rms_norm_eps, c.norm_add_one)?;
+    }
+    let hres = ops::add(tape, x, &o)?;
+
+    let m = ops::rms_norm(tape, &hres, &layer.ffn_norm, c.rms_norm_eps, c.norm_add_one)?;
+    let g = proj_eval(tape, &layer.gate_proj, &m)?;
+    let u = proj_eval(tape, &layer.up_proj, &m)?;
+    let act = ops::glu(tape, &g, &u, c.gelu)?;
+    let mut f = proj_eval(tape, &layer.down_proj, &act)?;
+    if let Some(pn) = &layer.post_ffn_norm {
+        f = ops::rms_norm(tape, &f, pn, c.rms_norm_eps, c.norm_add_one)?;
+    }
+    ops::add(tape, &hres, &f)
+}
+
+/// Feeds TQ >= 1 new tokens through the whole model, extending `cache`, and returns the logits of
+/// the LAST new token, (V). The final norm and LM head run on that row only.
+pub fn forward_cached<B: Backend>(model: &Transformer<B>, cache: &mut KvCache, ids: &[u32]) -> Result<Vec<f32>> {
+    if ids.is_empty() {
+        return Err(Error::InvalidArgument { op: "forward_cached", msg: "no tokens to feed".into() });
+    }
+    if cache.layers.len() != model.layers.len() {
+        return Err(Error::InvalidArgument {
+            op: "forward_cached",
+            msg: format!("cache has {} layers, model {}", cache.layers.len(), model.layers.len()),
+        });
+    }
+    let be = model.norm.backend().clone();
+    let c = model.block.hidden_size;
+    let tq = ids.len();
+    let tape = &mut Tape::no_grad();
+    let ids_arc: Arc<[u32]> = ids.into();
+    let mut h = ops::embedding(tape, &ids_arc, &model.embed, &be)?; // (TQ, C)
+    if let Some(s) = model.embed_scale {
+        h = ops::scale(tape, &h, s)?;
+    }
+    let mut h = h.reshape([1, tq, c])?;
+    for (layer, kv) in model.layers.iter().zip(&mut cache.layers) {
+        h = layer_forward_cached(layer, &h, kv, cache.pos)?;
+    }
+    cache.pos += tq;
+    let last = h.to_vec()?.split_off((tq - 1) * c); // (C)
+    let last = Tensor::from_slice(&be, &last, [1, c])?;
+    let last = ops::rms_norm(tape, &last, &model.norm, model.block.rms_norm_eps, model.block.norm_add_one)?;
+    let head: &Weight<B> = model.lm_head.as_ref().unwrap_or(&model.embed);
+    let mut z = ops::linear(tape, &last, head, None)?.to_vec()?; // (V)
+    if let Some(cap) = model.final_softcap {
+        z.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+    }
+    Ok(z)
+}
