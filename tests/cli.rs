@@ -171,3 +171,55 @@ fn logits_bad_prompts_file_is_a_clear_error() {
     assert!(!ok && err.contains("--template"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn chat_answers_one_shot_and_multi_turn() {
+    let m = model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let (ok, out, err) = run(&[
+        "chat",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt",
+        "What is the capital of France?",
+        "--max-new-tokens",
+        "20",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Paris"), "{out}");
+    // Interactive: two turns from stdin, then an empty line ends the session.
+    use std::io::Write;
+    let mut child = bin()
+        .args([
+            "chat",
+            "--model",
+            m.to_str().unwrap(),
+            "--system",
+            "You are a concise assistant.",
+            "--max-new-tokens",
+            "24",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"What is 2+2?\nAnd the capital of France?\n\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(out.lines().filter(|l| !l.is_empty()).count(), 2, "one reply per turn: {out}");
+    // The history reaches the model: the second reply answers the second question.
+    assert!(out.lines().filter(|l| !l.is_empty()).nth(1).unwrap().contains("Paris"), "{out}");
+}
+
+#[test]
+fn chat_without_a_template_says_how_to_fix_it() {
+    let g = model("gemma-3-270m-q4_k_m.gguf");
+    let (ok, _, err) = run(&["chat", "--model", g.to_str().unwrap(), "--prompt", "hi"]);
+    assert!(!ok && err.contains("--template"), "{err}");
+    let (ok, _, err) = run(&["chat", "--model", g.to_str().unwrap(), "--template", "lama3", "--prompt", "hi"]);
+    assert!(!ok && err.contains("llama3"), "{err}");
+    let (ok, _, err) =
+        run(&["chat", "--model", g.to_str().unwrap(), "--template", "gemma", "--prompt", "hi", "--top-p", "1.5"]);
+    assert!(!ok && err.contains("top_p"), "{err}");
+}

@@ -7,11 +7,9 @@
 //! (tokenized without added special tokens, as the template writes them).
 
 use crate::backend::CpuBackend;
-use crate::error::{Context, Error, Result};
-use crate::io::gguf::GgufFile;
-use crate::model::{load_gguf, AdapterSpec, Batch, ModelConfig};
-use crate::tokenizer::template::{ChatTemplate, Message, RenderOptions};
-use crate::tokenizer::Tokenizer;
+use crate::error::{Error, Result};
+use crate::model::Batch;
+use crate::tokenizer::template::{Message, RenderOptions};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -82,20 +80,18 @@ fn case(
     }))
 }
 
-pub fn run(model_path: &Path, prompts: &Path, out: &Path, template: Option<&str>) -> Result<()> {
+pub fn run(
+    model_path: &Path,
+    adapter: Option<&Path>,
+    prompts: &Path,
+    out: &Path,
+    template: Option<&str>,
+) -> Result<()> {
     let text = std::fs::read_to_string(prompts).map_err(|e| Error::io(prompts, e))?;
     let pf: PromptsFile = serde_json::from_str(&text)
         .map_err(|e| Error::Format { path: prompts.display().to_string(), msg: e.to_string() })?;
-    let f = GgufFile::open(model_path)?;
-    let cfg = ModelConfig::from_gguf(&f)?;
-    let tok = Tokenizer::from_gguf(&f).context("loading the tokenizer")?;
-    let tmpl = match template {
-        Some(name) => Some(ChatTemplate::builtin(name)?),
-        None => ChatTemplate::from_gguf(&f)?,
-    };
-    drop(f);
-    let be = CpuBackend::new();
-    let (model, _) = load_gguf(&be, model_path, &AdapterSpec::default())?;
+    let super::session::Loaded { model, cfg, tok, template: tmpl } =
+        super::session::load(model_path, adapter, template)?;
     let mut cases = Vec::new();
     for p in &pf.prompts {
         let ids = tok.encode(&p.text, p.add_special_tokens)?;

@@ -1,8 +1,10 @@
 //! The `loraforge` command line. Each subcommand lives in its own file; `run` parses arguments,
 //! runs one, and turns an error into a message and a non-zero exit code (never a panic).
 
+mod chat;
 mod info;
 mod logits;
+mod session;
 
 use crate::backend::{resolve_device, DeviceKind};
 use crate::error::Result;
@@ -22,6 +24,45 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Chat with a model using its own chat template (or a built-in one), streaming the reply.
+    /// Interactive on stdin unless --prompt is given.
+    Chat {
+        /// A GGUF model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// A PEFT LoRA adapter directory to apply.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// A built-in template (llama3, llama2, mistral, qwen, chatml, gemma, gemma3, phi, alpaca, vicuna,
+        /// smollm2, default, empty) instead of the model's own.
+        #[arg(long)]
+        template: Option<String>,
+        /// System message.
+        #[arg(long)]
+        system: Option<String>,
+        /// One message: answer it and exit.
+        #[arg(long)]
+        prompt: Option<String>,
+        #[arg(long, default_value_t = 256)]
+        max_new_tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// 0 = off.
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// 1 = off.
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        /// 1 = off; > 1 discourages repeating tokens already seen (HF semantics).
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// auto | cpu | wgpu | cuda
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
     /// Architecture, parameter count, tensor types, context length, chat template, and the memory a
     /// model needs to run and to LoRA-train.
     Info {
@@ -46,6 +87,9 @@ pub enum Command {
         /// A GGUF model file.
         #[arg(long)]
         model: PathBuf,
+        /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) to apply.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         /// `{"prompts": [{"name", "text", "add_special_tokens"?}], "conversation"?: [{"role", "content"}]}`
         #[arg(long)]
         prompts: PathBuf,
@@ -79,9 +123,42 @@ pub fn run(cli: Cli) -> Result<()> {
                 None => Err(crate::Error::msg("info: give a model path, or --devices")),
             }
         }
-        Command::Logits { model, prompts, out, template, device: d } => {
+        Command::Logits { model, adapter, prompts, out, template, device: d } => {
             device(&d)?;
-            logits::run(&model, &prompts, &out, template.as_deref())
+            logits::run(&model, adapter.as_deref(), &prompts, &out, template.as_deref())
+        }
+        Command::Chat {
+            model,
+            adapter,
+            template,
+            system,
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            seed,
+            device: d,
+        } => {
+            device(&d)?;
+            let gen = crate::generate::GenerateConfig {
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                repetition_penalty,
+                seed,
+                ..Default::default()
+            };
+            chat::run(chat::ChatArgs {
+                model: &model,
+                adapter: adapter.as_deref(),
+                template: template.as_deref(),
+                system: system.as_deref(),
+                prompt: prompt.as_deref(),
+                gen,
+            })
         }
     }
 }
