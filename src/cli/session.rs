@@ -38,8 +38,8 @@ pub fn load(model: &Path, adapter: Option<&Path>, template: Option<&str>) -> Res
     let tok = Tokenizer::from_gguf(&f).context("loading the tokenizer")?;
     let template = match template {
         Some(name) => Some(ChatTemplate::builtin(name)?.with_special_tokens(
-            &tok.bos_id().and_then(|i| tok.token_to_str(i)).unwrap_or_default().to_string(),
-            &tok.eos_id().and_then(|i| tok.token_to_str(i)).unwrap_or_default().to_string(),
+            tok.bos_id().and_then(|i| tok.token_to_str(i)).unwrap_or_default(),
+            tok.eos_id().and_then(|i| tok.token_to_str(i)).unwrap_or_default(),
         )),
         None => ChatTemplate::from_gguf(&f)?,
     };
