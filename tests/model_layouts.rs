@@ -397,7 +397,10 @@ fn check(arch: &str, mode: Mode, tol: f32) -> f32 {
         assert_eq!(hf_cfg.is_sliding(l), gg_cfg.is_sliding(l), "{arch}: layer {l} sliding");
         let (a, b) = (hf_cfg.block_config(l), gg_cfg.block_config(l));
         assert_eq!((a.sliding_window, a.attn_softcap, a.attn_scale), (b.sliding_window, b.attn_softcap, b.attn_scale));
-        assert_eq!((a.rope.theta, a.rope.scaling, a.rope.rotary_dim), (b.rope.theta, b.rope.scaling, b.rope.rotary_dim));
+        assert_eq!(
+            (a.rope.theta, a.rope.scaling, a.rope.rotary_dim),
+            (b.rope.theta, b.rope.scaling, b.rope.rotary_dim)
+        );
     }
     let b = batch(11);
     let (zh, zg) = (hf_model.logits(&b).unwrap(), gg_model.logits(&b).unwrap());

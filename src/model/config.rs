@@ -373,9 +373,10 @@ impl ModelConfig {
 
     fn from_hf_json_at(root: &Value, path: &str) -> Result<Self> {
         let err = |msg: String| Error::Format { path: path.into(), msg };
-        let model_type = root.get("model_type").and_then(|x| x.as_str()).ok_or_else(|| {
-            err(format!("no `model_type` string; supported model types: {}", SUPPORTED.join(", ")))
-        })?;
+        let model_type = root
+            .get("model_type")
+            .and_then(|x| x.as_str())
+            .ok_or_else(|| err(format!("no `model_type` string; supported model types: {}", SUPPORTED.join(", "))))?;
         // The multimodal Gemma 3 nests its language model's config (sparse, see the defaults).
         let merged;
         let (arch, v) = match (model_type, root.get("text_config")) {
@@ -383,7 +384,7 @@ impl ModelConfig {
                 let mut m = tc.clone();
                 let obj = m.as_object_mut().expect("checked is_object");
                 for (k, d) in GEMMA3_TEXT_DEFAULTS {
-                    if obj.get(*k).is_none_or(|x| x.is_null()) {
+                    if obj.get(*k).map_or(true, |x| x.is_null()) {
                         obj.insert(k.to_string(), serde_json::json!(d));
                     }
                 }
