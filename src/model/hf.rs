@@ -90,11 +90,7 @@ impl WeightSource for HfSource {
 }
 
 /// Loads a Hugging Face model directory with LoRA adapters on `spec.targets` of every layer.
-pub fn load_hf<B: Backend>(
-    be: &B,
-    dir: impl AsRef<Path>,
-    spec: &AdapterSpec,
-) -> Result<(Transformer<B>, ModelConfig)> {
+pub fn load_hf<B: Backend>(be: &B, dir: impl AsRef<Path>, spec: &AdapterSpec) -> Result<(Transformer<B>, ModelConfig)> {
     let dir = dir.as_ref();
     let cfg = ModelConfig::from_hf_file(dir.join("config.json"))?;
     let st = SafetensorsDir::open(dir)?;

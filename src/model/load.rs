@@ -165,7 +165,8 @@ impl<B: Backend> Loader<'_, B> {
         let wt = self.weight(&self.src.name(role, l, "weight"), rows, cols);
         let bias_name = self.src.name(role, l, "bias");
         let need_bias = cfg.attention_bias && matches!(role, Role::Q | Role::K | Role::V);
-        let bias = if need_bias || self.src.has(&bias_name) { self.norm(&bias_name, rows).map(Some) } else { Some(None) };
+        let bias =
+            if need_bias || self.src.has(&bias_name) { self.norm(&bias_name, rows).map(Some) } else { Some(None) };
         wt.zip(bias)
     }
     /// A fused weight split into row blocks of `parts`, with its bias (if stored) split alike.

@@ -77,12 +77,7 @@ pub fn fused_projections(arch: &str) -> bool {
 }
 
 fn entry(role: Role) -> (&'static str, &'static str) {
-    GLOBAL
-        .iter()
-        .chain(LAYER)
-        .find(|e| e.0 == role)
-        .map(|e| (e.1, e.2))
-        .expect("every Role has a table entry")
+    GLOBAL.iter().chain(LAYER).find(|e| e.0 == role).map(|e| (e.1, e.2)).expect("every Role has a table entry")
 }
 
 fn is_global(role: Role) -> bool {
