@@ -1,16 +1,28 @@
-//! Loading a model file into a `Transformer`. GGUF: weights stay in their blocks, memory-mapped
-//! (zero-copy `GgmlMatrix` frozen weights, any block type); norms are decoded to f32.
-//! Tensor names map to the Hugging Face names (`model.layers.N.self_attn.q_proj`), which LoRA
-//! adapters are named after. Every missing or misshapen tensor is collected and reported at once.
+//! Building a `Transformer` from a model's tensors, whatever file they come from. A
+//! `WeightSource` hands out 2-D weights as zero-copy `GgmlMatrix` views (GGUF blocks of any type,
+//! or safetensors F32/F16/BF16 over the memory map) and 1-D norms/biases decoded to f32; `build`
+//! checks every shape against the config and wires the layers. `load_gguf` is the GGUF source;
+//! hf.rs the Hugging Face one; `load_model` picks by path.
+//! Test: tests/model_layouts.rs (GGUF vs HF logits per family), tests/model_errors.rs, tests/end_to_end.rs.
+//!
+//! Contracts easy to miss:
+//! - Every missing or misshapen tensor is collected and reported in one error (nothing is built).
+//! - Fused Phi-3 weights (qkv, gate_up) are split by row ranges of the stored bytes: ggml blocks never
+//!   span rows, so a row range of a quantized matrix is itself a valid matrix, still zero-copy.
+//! - Adapters are named after the HF module path (`model.layers.N.self_attn.q_proj`), also for Phi-3's
+//!   split projections (which have no such module in transformers: its PEFT targets are `qkv_proj`).
 
 use super::block::{DecoderLayer, Proj};
 use super::config::ModelConfig;
+use super::names::{self, Role};
 use super::transformer::Transformer;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::io::gguf::GgufFile;
 use crate::lora::{LoraConfig, LoraLinear};
 use crate::ops::Weight;
+use crate::quant::ggml::GgmlMatrix;
+use crate::quant::DequantRows;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use std::path::Path;
@@ -24,54 +36,117 @@ pub struct AdapterSpec {
     pub seed: u64,
 }
 
-/// GGUF name of each projection, and its HF module path.
-const PROJ: [(&str, &str, &str); 7] = [
-    ("attn_q", "self_attn", "q_proj"),
-    ("attn_k", "self_attn", "k_proj"),
-    ("attn_v", "self_attn", "v_proj"),
-    ("attn_output", "self_attn", "o_proj"),
-    ("ffn_gate", "mlp", "gate_proj"),
-    ("ffn_up", "mlp", "up_proj"),
-    ("ffn_down", "mlp", "down_proj"),
+/// The seven projections of a layer, in `DecoderLayer` order: (module name, role).
+const PROJ: [(&str, Role); 7] = [
+    ("q_proj", Role::Q),
+    ("k_proj", Role::K),
+    ("v_proj", Role::V),
+    ("o_proj", Role::O),
+    ("gate_proj", Role::Gate),
+    ("up_proj", Role::Up),
+    ("down_proj", Role::Down),
 ];
 
+/// Where a model's tensors come from.
+pub(crate) trait WeightSource {
+    /// For error messages.
+    fn path(&self) -> &str;
+    /// The stored name of `role` in layer `layer` ("weight" or "bias" suffix).
+    fn name(&self, role: Role, layer: usize, suffix: &str) -> String;
+    fn has(&self, name: &str) -> bool;
+    /// A 2-D weight, zero-copy, (rows, cols) as stored.
+    fn matrix(&self, name: &str) -> Result<GgmlMatrix>;
+    /// A tensor decoded to f32.
+    fn vector(&self, name: &str) -> Result<Vec<f32>>;
+}
+
+struct GgufSource<'a>(&'a GgufFile);
+
+impl WeightSource for GgufSource<'_> {
+    fn path(&self) -> &str {
+        self.0.path()
+    }
+    fn name(&self, role: Role, layer: usize, suffix: &str) -> String {
+        names::gguf_name(role, layer, suffix)
+    }
+    fn has(&self, name: &str) -> bool {
+        self.0.tensor(name).is_ok()
+    }
+    fn matrix(&self, name: &str) -> Result<GgmlMatrix> {
+        self.0.matrix(name)
+    }
+    fn vector(&self, name: &str) -> Result<Vec<f32>> {
+        self.0.dequantize_tensor(name)
+    }
+}
+
+/// Splits a (sum(parts), cols) matrix into row blocks, sharing its bytes.
+fn split_rows(m: &GgmlMatrix, parts: &[usize]) -> Result<Vec<GgmlMatrix>> {
+    let rb = m.ty().row_bytes(m.cols())?;
+    let mut r0 = 0;
+    let mut out = Vec::with_capacity(parts.len());
+    for &n in parts {
+        out.push(GgmlMatrix::new(m.ty(), n, m.cols(), m.data().slice(r0 * rb..(r0 + n) * rb)?)?);
+        r0 += n;
+    }
+    Ok(out)
+}
+
 struct Loader<'a, B: Backend> {
-    f: &'a GgufFile,
+    src: &'a dyn WeightSource,
     be: &'a B,
     problems: Vec<String>,
 }
 
 impl<B: Backend> Loader<'_, B> {
-    fn has(&self, name: &str) -> bool {
-        self.f.tensor(name).is_ok()
+    fn missing(&mut self, name: &str) -> bool {
+        if self.src.has(name) {
+            return false;
+        }
+        self.problems.push(format!("{name}: missing"));
+        true
     }
-    fn vector(&mut self, name: &str, len: usize) -> Option<Tensor<B>> {
-        let v = match self.f.dequantize_tensor(name) {
-            Ok(v) => v,
-            Err(e) => {
-                self.problems.push(format!("{name}: {e}"));
-                return None;
-            }
-        };
-        if v.len() != len {
-            self.problems.push(format!("{name}: {} elements, expected {len}", v.len()));
+    fn vector(&mut self, name: &str, len: usize) -> Option<Vec<f32>> {
+        if self.missing(name) {
             return None;
         }
-        Tensor::from_slice(self.be, &v, [len]).map_err(|e| self.problems.push(format!("{name}: {e}"))).ok()
-    }
-    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Option<Weight<B>> {
-        let m = match self.f.matrix(name) {
-            Ok(m) => m,
+        match self.src.vector(name) {
+            Ok(v) if v.len() == len => Some(v),
+            Ok(v) => {
+                self.problems.push(format!("{name}: {} elements, expected {len}", v.len()));
+                None
+            }
             Err(e) => {
                 self.problems.push(format!("{name}: {e}"));
-                return None;
+                None
             }
-        };
-        use crate::quant::DequantRows;
-        if (m.rows(), m.cols()) != (rows, cols) {
-            self.problems.push(format!("{name}: shape ({}, {}), expected ({rows}, {cols})", m.rows(), m.cols()));
+        }
+    }
+    fn tensor(&mut self, v: Option<Vec<f32>>, name: &str) -> Option<Tensor<B>> {
+        let v = v?;
+        Tensor::from_slice(self.be, &v, [v.len()]).map_err(|e| self.problems.push(format!("{name}: {e}"))).ok()
+    }
+    fn norm(&mut self, name: &str, len: usize) -> Option<Tensor<B>> {
+        let v = self.vector(name, len);
+        self.tensor(v, name)
+    }
+    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Option<GgmlMatrix> {
+        if self.missing(name) {
             return None;
         }
+        match self.src.matrix(name) {
+            Ok(m) if (m.rows(), m.cols()) == (rows, cols) => Some(m),
+            Ok(m) => {
+                self.problems.push(format!("{name}: shape ({}, {}), expected ({rows}, {cols})", m.rows(), m.cols()));
+                None
+            }
+            Err(e) => {
+                self.problems.push(format!("{name}: {e}"));
+                None
+            }
+        }
+    }
+    fn upload(&mut self, m: GgmlMatrix, name: &str) -> Option<Weight<B>> {
         match self.be.upload_quant(Arc::new(m)) {
             Ok(q) => Some(Weight::Frozen(Arc::new(q))),
             Err(e) => {
@@ -80,49 +155,106 @@ impl<B: Backend> Loader<'_, B> {
             }
         }
     }
+    fn weight(&mut self, name: &str, rows: usize, cols: usize) -> Option<Weight<B>> {
+        let m = self.matrix(name, rows, cols)?;
+        self.upload(m, name)
+    }
+    /// One projection's weight (rows, cols) and its bias: q/k/v biases are required where the
+    /// config says so (Qwen2); any other stored bias is used too.
+    fn single(&mut self, cfg: &ModelConfig, role: Role, l: usize, rows: usize, cols: usize) -> Option<FrozenProj<B>> {
+        let wt = self.weight(&self.src.name(role, l, "weight"), rows, cols);
+        let bias_name = self.src.name(role, l, "bias");
+        let need_bias = cfg.attention_bias && matches!(role, Role::Q | Role::K | Role::V);
+        let bias =
+            if need_bias || self.src.has(&bias_name) { self.norm(&bias_name, rows).map(Some) } else { Some(None) };
+        wt.zip(bias)
+    }
+    /// A fused weight split into row blocks of `parts`, with its bias (if stored) split alike.
+    fn fused(&mut self, role: Role, l: usize, parts: &[usize], cols: usize) -> Vec<Option<FrozenProj<B>>> {
+        let (wn, bn) = (self.src.name(role, l, "weight"), self.src.name(role, l, "bias"));
+        let total = parts.iter().sum();
+        let m = self.matrix(&wn, total, cols);
+        let bias = if self.src.has(&bn) { self.vector(&bn, total).map(Some) } else { Some(None) };
+        let (Some(m), Some(bias)) = (m, bias) else { return parts.iter().map(|_| None).collect() };
+        let ms = match split_rows(&m, parts) {
+            Ok(ms) => ms,
+            Err(e) => {
+                self.problems.push(format!("{wn}: {e}"));
+                return parts.iter().map(|_| None).collect();
+            }
+        };
+        let mut r0 = 0;
+        let mut out = Vec::new();
+        for (m, &n) in ms.into_iter().zip(parts) {
+            let b = bias.as_ref().map(|b| b[r0..r0 + n].to_vec());
+            r0 += n;
+            let b = match b {
+                Some(b) => match self.tensor(Some(b), &bn) {
+                    Some(t) => Some(t),
+                    None => {
+                        out.push(None);
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            out.push(self.upload(m, &wn).map(|w| (w, b)));
+        }
+        out
+    }
 }
 
-/// Loads a GGUF model with LoRA adapters on `spec.targets` of every layer.
-pub fn load_gguf<B: Backend>(
-    be: &B,
-    path: impl AsRef<Path>,
-    spec: &AdapterSpec,
-) -> Result<(Transformer<B>, ModelConfig)> {
-    let f = GgufFile::open(path.as_ref())?;
-    let cfg = ModelConfig::from_gguf(&f)?;
+type FrozenProj<B> = (Weight<B>, Option<Tensor<B>>);
+
+/// Checks that every LoRA target names a projection.
+fn check_targets(spec: &AdapterSpec) -> Result<()> {
     for t in &spec.targets {
-        if !PROJ.iter().any(|p| p.2 == t) {
+        if !PROJ.iter().any(|p| p.0 == t) {
             return Err(Error::InvalidArgument {
                 op: "lora_target",
-                msg: format!("unknown module `{t}`; expected some of {}", PROJ.map(|p| p.2).join(", ")),
+                msg: format!("unknown module `{t}`; expected some of {}", PROJ.map(|p| p.0).join(", ")),
             });
         }
     }
+    Ok(())
+}
+
+/// Builds the model from `src`, LoRA adapters on `spec.targets` of every layer.
+pub(crate) fn build<B: Backend>(
+    be: &B,
+    cfg: &ModelConfig,
+    src: &dyn WeightSource,
+    spec: &AdapterSpec,
+) -> Result<Transformer<B>> {
+    check_targets(spec)?;
     let mut rng = Rng::new(spec.seed);
-    let mut ld = Loader { f: &f, be, problems: Vec::new() };
+    let mut ld = Loader { src, be, problems: Vec::new() };
     let (c, h, kv, d, ff) =
         (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size);
-    let embed = ld.matrix("token_embd.weight", cfg.vocab_size, c);
-    let lm_head = if cfg.tie_word_embeddings { None } else { ld.matrix("output.weight", cfg.vocab_size, c) };
-    let norm = ld.vector("output_norm.weight", c);
+    let embed = ld.weight(&src.name(Role::Embed, 0, "weight"), cfg.vocab_size, c);
+    let lm_head =
+        if cfg.tie_word_embeddings { None } else { ld.weight(&src.name(Role::LmHead, 0, "weight"), cfg.vocab_size, c) };
+    let norm = ld.norm(&src.name(Role::FinalNorm, 0, "weight"), c);
+    let fused = names::fused_projections(&cfg.arch);
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     for l in 0..cfg.num_hidden_layers {
-        let b = |s: &str| format!("blk.{l}.{s}.weight");
+        let w = |r: Role| src.name(r, l, "weight");
         let shapes = [(h * d, c), (kv * d, c), (kv * d, c), (c, h * d), (ff, c), (ff, c), (c, ff)];
-        let mut projs = Vec::with_capacity(7);
-        for ((gg, module, name), (rows, cols)) in PROJ.iter().zip(shapes) {
-            let w = ld.matrix(&b(gg), rows, cols);
-            let bias_name = format!("blk.{l}.{gg}.bias");
-            let bias = if ld.has(&bias_name) { ld.vector(&bias_name, rows) } else { None };
-            let hf = format!("model.layers.{l}.{module}.{name}");
-            projs.push(w.map(|w| (hf, name, w, bias)));
-        }
-        let attn_norm = ld.vector(&b("attn_norm"), c);
-        let ffn_norm = ld.vector(&b("ffn_norm"), c);
+        let projs: Vec<Option<FrozenProj<B>>> = if fused {
+            let mut v = ld.fused(Role::Qkv, l, &[h * d, kv * d, kv * d], c);
+            v.push(ld.single(cfg, Role::O, l, c, h * d));
+            v.extend(ld.fused(Role::GateUp, l, &[ff, ff], c));
+            v.push(ld.single(cfg, Role::Down, l, c, ff));
+            v
+        } else {
+            PROJ.iter().zip(shapes).map(|((_, role), (rows, cols))| ld.single(cfg, *role, l, rows, cols)).collect()
+        };
+        let attn_norm = ld.norm(&w(Role::AttnNorm), c);
+        let ffn_norm = ld.norm(&w(Role::FfnNorm), c);
         let (q_norm, k_norm) =
-            if cfg.qk_norm { (ld.vector(&b("attn_q_norm"), d), ld.vector(&b("attn_k_norm"), d)) } else { (None, None) };
+            if cfg.qk_norm { (ld.norm(&w(Role::QNorm), d), ld.norm(&w(Role::KNorm), d)) } else { (None, None) };
         let (post_attn, post_ffn) = if cfg.post_norms {
-            (ld.vector(&b("post_attention_norm"), c), ld.vector(&b("post_ffw_norm"), c))
+            (ld.norm(&w(Role::PostAttnNorm), c), ld.norm(&w(Role::PostFfnNorm), c))
         } else {
             (None, None)
         };
@@ -130,10 +262,11 @@ pub fn load_gguf<B: Backend>(
             continue; // keep collecting problems; build nothing
         }
         let mut ps = Vec::with_capacity(7);
-        for p in projs {
-            let (hf, name, w, bias) = p.expect("no problems recorded");
+        for (p, (name, role)) in projs.into_iter().zip(PROJ) {
+            let (w, bias) = p.expect("no problems recorded");
             ps.push(if spec.targets.iter().any(|t| t == name) {
-                Proj::Lora(LoraLinear::new(be, &hf, w, bias, &spec.lora, &mut rng)?)
+                let module = names::hf_module(&cfg.arch, role, l);
+                Proj::Lora(LoraLinear::new(be, &module, w, bias, &spec.lora, &mut rng)?)
             } else {
                 Proj::Frozen { w, bias }
             });
@@ -159,11 +292,11 @@ pub fn load_gguf<B: Backend>(
     }
     if !ld.problems.is_empty() {
         return Err(Error::Format {
-            path: f.path().into(),
+            path: src.path().into(),
             msg: format!("{} tensor problem(s):\n  {}", ld.problems.len(), ld.problems.join("\n  ")),
         });
     }
-    let model = Transformer {
+    Ok(Transformer {
         block: cfg.block_config(0),
         vocab_size: cfg.vocab_size,
         embed: embed.expect("checked"),
@@ -172,6 +305,37 @@ pub fn load_gguf<B: Backend>(
         lm_head,
         embed_scale: cfg.embed_scale.then(|| (cfg.hidden_size as f32).sqrt()),
         final_softcap: cfg.final_logit_softcapping,
-    };
+    })
+}
+
+/// Loads a GGUF model with LoRA adapters on `spec.targets` of every layer.
+pub fn load_gguf<B: Backend>(
+    be: &B,
+    path: impl AsRef<Path>,
+    spec: &AdapterSpec,
+) -> Result<(Transformer<B>, ModelConfig)> {
+    let f = GgufFile::open(path.as_ref())?;
+    let cfg = ModelConfig::from_gguf(&f)?;
+    let model = build(be, &cfg, &GgufSource(&f), spec)?;
     Ok((model, cfg))
+}
+
+/// Loads `path`: a `.gguf` file, or a Hugging Face directory (config.json + safetensors).
+pub fn load_model<B: Backend>(
+    be: &B,
+    path: impl AsRef<Path>,
+    spec: &AdapterSpec,
+) -> Result<(Transformer<B>, ModelConfig)> {
+    let path = path.as_ref();
+    let is_gguf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if path.is_file() && is_gguf {
+        return load_gguf(be, path, spec);
+    }
+    if path.is_dir() && path.join("config.json").is_file() {
+        return super::hf::load_hf(be, path, spec);
+    }
+    Err(Error::Format {
+        path: path.display().to_string(),
+        msg: "expected a .gguf file or a Hugging Face model directory (config.json + *.safetensors)".into(),
+    })
 }

@@ -4,10 +4,13 @@
 
 pub mod block;
 pub mod config;
+pub mod hf;
 pub mod load;
+pub mod names;
 pub mod transformer;
 
 pub use block::{BlockConfig, DecoderLayer, FrozenStore, LayerInputs, Proj};
 pub use config::ModelConfig;
-pub use load::{load_gguf, AdapterSpec};
+pub use hf::load_hf;
+pub use load::{load_gguf, load_model, AdapterSpec};
 pub use transformer::{Batch, Transformer};
