@@ -27,7 +27,7 @@ pub enum Command {
     /// Chat with a model using its own chat template (or a built-in one), streaming the reply.
     /// Interactive on stdin unless --prompt is given.
     Chat {
-        /// A GGUF model file.
+        /// A GGUF file or a Hugging Face model directory (config.json + safetensors + tokenizer.json).
         #[arg(long)]
         model: PathBuf,
         /// A PEFT LoRA adapter directory to apply.
@@ -84,7 +84,7 @@ pub enum Command {
     /// Logits of a model on a prompts file, written as `reflogits/1` JSON (token ids, last-position
     /// logits, per-position top-5, the chat rendering) to compare with any other implementation.
     Logits {
-        /// A GGUF model file.
+        /// A GGUF file or a Hugging Face model directory (config.json + safetensors + tokenizer.json).
         #[arg(long)]
         model: PathBuf,
         /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) to apply.

@@ -1,11 +1,11 @@
-//! What `chat` and `logits` share: a GGUF model with its tokenizer, chat template and (optionally)
-//! a PEFT adapter applied.
+//! What `chat` and `logits` share: a model (GGUF file or Hugging Face directory) with its tokenizer,
+//! chat template and (optionally) a PEFT adapter applied.
 
 use crate::backend::CpuBackend;
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Result};
 use crate::export::peft::{load_adapter, AdapterConfig, QkPermutation};
 use crate::io::gguf::GgufFile;
-use crate::model::{load_gguf, AdapterSpec, ModelConfig, Transformer};
+use crate::model::{load_model, AdapterSpec, ModelConfig, Transformer};
 use crate::tokenizer::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 use std::path::Path;
@@ -27,30 +27,31 @@ pub fn qk_permutation(cfg: &ModelConfig) -> Option<QkPermutation> {
 }
 
 pub fn load(model: &Path, adapter: Option<&Path>, template: Option<&str>) -> Result<Loaded> {
-    if model.is_dir() {
-        return Err(Error::msg(format!(
-            "{}: Hugging Face directories are not supported by this command yet; give a GGUF file",
-            model.display()
-        )));
-    }
-    let f = GgufFile::open(model)?;
-    let cfg = ModelConfig::from_gguf(&f)?;
-    let tok = Tokenizer::from_gguf(&f).context("loading the tokenizer")?;
+    let (cfg, tok, own_template) = if model.is_dir() {
+        let cfg = ModelConfig::from_hf_file(model.join("config.json"))?;
+        let tok = Tokenizer::from_file(model.join("tokenizer.json")).context("loading the tokenizer")?;
+        (cfg, tok, ChatTemplate::from_hf_dir(model)?)
+    } else {
+        let f = GgufFile::open(model)?;
+        let cfg = ModelConfig::from_gguf(&f)?;
+        let tok = Tokenizer::from_gguf(&f).context("loading the tokenizer")?;
+        let t = ChatTemplate::from_gguf(&f)?;
+        (cfg, tok, t)
+    };
     let template = match template {
         Some(name) => Some(ChatTemplate::builtin(name)?.with_special_tokens(
             tok.bos_id().and_then(|i| tok.token_to_str(i)).unwrap_or_default(),
             tok.eos_id().and_then(|i| tok.token_to_str(i)).unwrap_or_default(),
         )),
-        None => ChatTemplate::from_gguf(&f)?,
+        None => own_template,
     };
-    drop(f);
     let be = CpuBackend::new();
     let model = match adapter {
-        None => load_gguf(&be, model, &AdapterSpec::default())?.0,
+        None => load_model(&be, model, &AdapterSpec::default())?.0,
         Some(dir) => {
             let ac = AdapterConfig::read(dir)?;
             let spec = AdapterSpec { targets: ac.target_modules.clone(), lora: ac.lora(), seed: 0 };
-            let (mut m, _) = load_gguf(&be, model, &spec)?;
+            let (mut m, _) = load_model(&be, model, &spec)?;
             load_adapter(&mut m, dir, qk_permutation(&cfg))
                 .with_context(|| format!("applying adapter {}", dir.display()))?;
             m
