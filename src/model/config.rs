@@ -384,7 +384,7 @@ impl ModelConfig {
                 let mut m = tc.clone();
                 let obj = m.as_object_mut().expect("checked is_object");
                 for (k, d) in GEMMA3_TEXT_DEFAULTS {
-                    if obj.get(*k).map_or(true, |x| x.is_null()) {
+                    if obj.get(*k).is_none_or(|x| x.is_null()) {
                         obj.insert(k.to_string(), serde_json::json!(d));
                     }
                 }
