@@ -980,6 +980,44 @@ fn py_float_repr(f: f64) -> String {
     }
 }
 
+impl ChatTemplate {
+    /// The chat template of a Hugging Face model directory: `tokenizer_config.json`'s
+    /// `chat_template` (a string, or a list of `{name, template}` from which `default` is taken),
+    /// else a `chat_template.jinja` file beside it. None when the model carries no template.
+    pub fn from_hf_dir(dir: &std::path::Path) -> Result<Option<ChatTemplate>> {
+        let p = dir.join("tokenizer_config.json");
+        let cfg: serde_json::Value = match std::fs::read_to_string(&p) {
+            Ok(s) => serde_json::from_str(&s)
+                .map_err(|e| crate::Error::Format { path: p.display().to_string(), msg: e.to_string() })?,
+            Err(_) => serde_json::Value::Null,
+        };
+        let token = |k: &str| -> String {
+            match &cfg[k] {
+                serde_json::Value::String(s) => s.clone(),
+                v => v["content"].as_str().unwrap_or_default().to_string(),
+            }
+        };
+        let source = match &cfg["chat_template"] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(list) => list
+                .iter()
+                .find(|t| t["name"] == "default")
+                .or_else(|| list.first())
+                .and_then(|t| t["template"].as_str().map(String::from)),
+            _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+        };
+        match source {
+            Some(s) => Ok(Some(ChatTemplate::with_name(
+                "tokenizer_config.json",
+                &s,
+                &token("bos_token"),
+                &token("eos_token"),
+            )?)),
+            None => Ok(None),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1016,43 +1054,5 @@ mod tests {
     fn generation_tags_rewritten() {
         let src = "{%- generation -%}x{% endgeneration %}{% if a %}";
         assert_eq!(rewrite_generation_tags(src), "{%- if true -%}x{% endif %}{% if a %}");
-    }
-}
-
-impl ChatTemplate {
-    /// The chat template of a Hugging Face model directory: `tokenizer_config.json`'s
-    /// `chat_template` (a string, or a list of `{name, template}` from which `default` is taken),
-    /// else a `chat_template.jinja` file beside it. None when the model carries no template.
-    pub fn from_hf_dir(dir: &std::path::Path) -> Result<Option<ChatTemplate>> {
-        let p = dir.join("tokenizer_config.json");
-        let cfg: serde_json::Value = match std::fs::read_to_string(&p) {
-            Ok(s) => serde_json::from_str(&s)
-                .map_err(|e| crate::Error::Format { path: p.display().to_string(), msg: e.to_string() })?,
-            Err(_) => serde_json::Value::Null,
-        };
-        let token = |k: &str| -> String {
-            match &cfg[k] {
-                serde_json::Value::String(s) => s.clone(),
-                v => v["content"].as_str().unwrap_or_default().to_string(),
-            }
-        };
-        let source = match &cfg["chat_template"] {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Array(list) => list
-                .iter()
-                .find(|t| t["name"] == "default")
-                .or_else(|| list.first())
-                .and_then(|t| t["template"].as_str().map(String::from)),
-            _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
-        };
-        match source {
-            Some(s) => Ok(Some(ChatTemplate::with_name(
-                "tokenizer_config.json",
-                &s,
-                &token("bos_token"),
-                &token("eos_token"),
-            )?)),
-            None => Ok(None),
-        }
     }
 }
