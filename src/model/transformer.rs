@@ -211,3 +211,39 @@ impl<B: Backend> Transformer<B> {
         Ok(v)
     }
 }
+
+impl<B: Backend> Transformer<B> {
+    /// Decodes every frozen weight to dense f32 (an fp32 base, as a PyTorch model loaded in float32
+    /// would be). Costs 4 bytes per parameter; the fast dense matmul path then serves every layer.
+    pub fn densify(&mut self) -> Result<()> {
+        let be = self.norm.backend().clone();
+        let dense = |w: &mut Weight<B>| -> Result<()> {
+            if let Weight::Frozen(_) = w {
+                *w = Weight::Dense(w.to_dense(&be)?);
+            }
+            Ok(())
+        };
+        dense(&mut self.embed)?;
+        if let Some(h) = self.lm_head.as_mut() {
+            dense(h)?;
+        }
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let l = Arc::get_mut(l).ok_or_else(|| Error::Tape(format!("layer {i} is still held by a tape")))?;
+            for p in [
+                &mut l.q_proj,
+                &mut l.k_proj,
+                &mut l.v_proj,
+                &mut l.o_proj,
+                &mut l.gate_proj,
+                &mut l.up_proj,
+                &mut l.down_proj,
+            ] {
+                match p {
+                    super::block::Proj::Frozen { w, .. } => dense(w)?,
+                    super::block::Proj::Lora(x) => dense(&mut x.base)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
