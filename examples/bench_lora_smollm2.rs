@@ -47,6 +47,7 @@ fn main() -> loraforge::Result<()> {
         targets: targets.iter().map(|s| s.to_string()).collect(),
         lora: LoraConfig { rank: 16, alpha: 32.0, ..Default::default() },
         seed: 0,
+        quantize: None,
     };
     let (mut model, cfg) = load_gguf(&be, &path, &spec)?;
     if base == "f32" {

@@ -136,6 +136,7 @@ fn lora_on_quantized_gguf_base_lowers_the_loss() {
         targets: ALL.iter().map(|s| s.to_string()).collect(),
         lora: LoraConfig { rank: 8, alpha: 16.0, ..Default::default() },
         seed: 0,
+        quantize: None,
     };
     let (mut model, cfg) = load_gguf(&be, smollm2(), &spec).unwrap();
     assert_eq!(model.trainable_count(), 30 * 8 * ((576 + 576) + 2 * (576 + 192) + (576 + 576) + 3 * (576 + 1536)));

@@ -50,7 +50,7 @@ pub fn load(model: &Path, adapter: Option<&Path>, template: Option<&str>) -> Res
         None => load_model(&be, model, &AdapterSpec::default())?.0,
         Some(dir) => {
             let ac = AdapterConfig::read(dir)?;
-            let spec = AdapterSpec { targets: ac.target_modules.clone(), lora: ac.lora(), seed: 0 };
+            let spec = AdapterSpec { targets: ac.target_modules.clone(), lora: ac.lora(), seed: 0, quantize: None };
             let (mut m, _) = load_model(&be, model, &spec)?;
             load_adapter(&mut m, dir, qk_permutation(&cfg))
                 .with_context(|| format!("applying adapter {}", dir.display()))?;

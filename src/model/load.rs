@@ -34,6 +34,41 @@ pub struct AdapterSpec {
     pub targets: Vec<String>,
     pub lora: LoraConfig,
     pub seed: u64,
+    /// QLoRA from a dense base: quantize the dense (F32/F16/BF16) projection weights as they are
+    /// loaded, one matrix at a time, so no dense copy of the model is ever held. Weights already
+    /// stored quantized (GGUF blocks) are trained as they are. Embeddings and the LM head stay as
+    /// stored (bitsandbytes also leaves them alone).
+    pub quantize: Option<BaseQuant>,
+}
+
+/// The format a dense base's projections are quantized to at load (`quantization_bit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BaseQuant {
+    /// `quantization_bit: 4`: NF4 in bitsandbytes' layout (blocks of 64), optional double quantization.
+    Nf4 { double_quant: bool },
+    /// `quantization_bit: 8`: int8 with a row-wise absmax (LLM.int8's weight format).
+    Int8,
+}
+
+impl BaseQuant {
+    /// Quantizes a dense matrix; other formats are returned unchanged.
+    pub fn apply(&self, m: GgmlMatrix) -> Result<crate::backend::HostQuant> {
+        use crate::quant::ggml::GgmlType;
+        if !matches!(m.ty(), GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+            return Ok(Arc::new(m));
+        }
+        let (rows, cols) = (m.rows(), m.cols());
+        let mut dense = vec![0.0f32; rows * cols];
+        for (r, row) in dense.chunks_mut(cols).enumerate() {
+            m.dequantize_row(r, row);
+        }
+        Ok(match self {
+            BaseQuant::Nf4 { double_quant } => {
+                Arc::new(crate::quant::nf4::Nf4Matrix::quantize(&dense, rows, cols, 64, *double_quant)?)
+            }
+            BaseQuant::Int8 => Arc::new(crate::quant::int8::Int8Matrix::quantize(&dense, rows, cols)?),
+        })
+    }
 }
 
 /// The seven projections of a layer, in `DecoderLayer` order: (module name, role).
@@ -96,6 +131,8 @@ struct Loader<'a, B: Backend> {
     src: &'a dyn WeightSource,
     be: &'a B,
     problems: Vec<String>,
+    /// Applied to the projections' weights (not to embeddings / LM head).
+    quantize: Option<BaseQuant>,
 }
 
 impl<B: Backend> Loader<'_, B> {
@@ -155,6 +192,17 @@ impl<B: Backend> Loader<'_, B> {
             }
         }
     }
+    /// A projection's weight: quantized first when the spec asks for it.
+    fn upload_proj(&mut self, m: GgmlMatrix, name: &str) -> Option<Weight<B>> {
+        let Some(q) = self.quantize else { return self.upload(m, name) };
+        match q.apply(m).and_then(|h| self.be.upload_quant(h)) {
+            Ok(q) => Some(Weight::Frozen(Arc::new(q))),
+            Err(e) => {
+                self.problems.push(format!("{name}: {e}"));
+                None
+            }
+        }
+    }
     fn weight(&mut self, name: &str, rows: usize, cols: usize) -> Option<Weight<B>> {
         let m = self.matrix(name, rows, cols)?;
         self.upload(m, name)
@@ -162,7 +210,8 @@ impl<B: Backend> Loader<'_, B> {
     /// One projection's weight (rows, cols) and its bias: q/k/v biases are required where the
     /// config says so (Qwen2); any other stored bias is used too.
     fn single(&mut self, cfg: &ModelConfig, role: Role, l: usize, rows: usize, cols: usize) -> Option<FrozenProj<B>> {
-        let wt = self.weight(&self.src.name(role, l, "weight"), rows, cols);
+        let wn = self.src.name(role, l, "weight");
+        let wt = self.matrix(&wn, rows, cols).and_then(|m| self.upload_proj(m, &wn));
         let bias_name = self.src.name(role, l, "bias");
         let need_bias = cfg.attention_bias && matches!(role, Role::Q | Role::K | Role::V);
         let bias =
@@ -198,7 +247,7 @@ impl<B: Backend> Loader<'_, B> {
                 },
                 None => None,
             };
-            out.push(self.upload(m, &wn).map(|w| (w, b)));
+            out.push(self.upload_proj(m, &wn).map(|w| (w, b)));
         }
         out
     }
@@ -228,7 +277,7 @@ pub(crate) fn build<B: Backend>(
 ) -> Result<Transformer<B>> {
     check_targets(spec)?;
     let mut rng = Rng::new(spec.seed);
-    let mut ld = Loader { src, be, problems: Vec::new() };
+    let mut ld = Loader { src, be, problems: Vec::new(), quantize: spec.quantize };
     let (c, h, kv, d, ff) =
         (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size);
     let embed = ld.weight(&src.name(Role::Embed, 0, "weight"), cfg.vocab_size, c);
@@ -305,6 +354,7 @@ pub(crate) fn build<B: Backend>(
         lm_head,
         embed_scale: cfg.embed_scale.then(|| (cfg.hidden_size as f32).sqrt()),
         final_softcap: cfg.final_logit_softcapping,
+        neftune_alpha: None,
     })
 }
 

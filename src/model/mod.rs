@@ -7,10 +7,12 @@ pub mod config;
 pub mod hf;
 pub mod load;
 pub mod names;
+pub mod presets;
+pub mod trainable;
 pub mod transformer;
 
 pub use block::{BlockConfig, DecoderLayer, FrozenStore, LayerInputs, Proj};
 pub use config::ModelConfig;
 pub use hf::load_hf;
-pub use load::{load_gguf, load_model, AdapterSpec};
+pub use load::{load_gguf, load_model, AdapterSpec, BaseQuant};
 pub use transformer::{Batch, Transformer};

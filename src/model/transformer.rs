@@ -25,6 +25,9 @@ pub struct Transformer<B: Backend> {
     pub embed_scale: Option<f32>,
     /// Gemma-2 final logit soft-capping.
     pub final_softcap: Option<f32>,
+    /// NEFTune (arXiv:2310.05914): during training (a dropout seed is given), add uniform noise
+    /// in ±alpha/√(T·C) to the embeddings, T the padded row length, as transformers' hook does.
+    pub neftune_alpha: Option<f32>,
 }
 
 /// One batch of token rows: ids and targets (B*T), with -100 targets ignored.
@@ -88,6 +91,7 @@ impl<B: Backend> Transformer<B> {
             lm_head: None,
             embed_scale: None,
             final_softcap: None,
+            neftune_alpha: None,
         })
     }
 
@@ -115,6 +119,13 @@ impl<B: Backend> Transformer<B> {
         let mut h = ops::embedding(tape, &batch.ids, &self.embed, &be)?;
         if let Some(s) = self.embed_scale {
             h = ops::scale(tape, &h, s)?;
+        }
+        if let (Some(alpha), Some(seed)) = (self.neftune_alpha, seed) {
+            let mag = alpha / ((batch.t * c) as f32).sqrt();
+            let mut noise = vec![0.0f32; batch.b * batch.t * c];
+            crate::rng::Rng::new(seed ^ 0x6e65_6674_756e_6521).fill_uniform(&mut noise, -mag, mag);
+            let noise = Tensor::from_slice(&be, &noise, h.shape().clone())?;
+            h = ops::add(tape, &h, &noise)?;
         }
         let mut h = h.reshape([batch.b, batch.t, c])?;
         for (l, layer) in self.layers.iter().enumerate() {

@@ -7,6 +7,7 @@ use crate::tape::Grads;
 use crate::tensor::{Param, VarId};
 
 pub mod memory;
+
 pub mod step;
 use std::collections::HashMap;
 
@@ -54,6 +55,20 @@ impl<B: Backend> AdamW<B> {
     }
     /// Clips and applies one step with learning rate `lr` to every parameter that has a gradient.
     pub fn step(&mut self, b: &B, params: &mut [&mut Param<B>], grads: &mut Grads<B>, lr: f64) -> Result<StepStats> {
+        self.step_grouped(b, params, grads, lr, &|_| (1.0, true))
+    }
+
+    /// `step` with parameter groups: `group(name)` gives the learning-rate multiplier of that
+    /// parameter and whether weight decay applies to it (LoRA+; transformers' Trainer exempts
+    /// biases and norm weights from decay).
+    pub fn step_grouped(
+        &mut self,
+        b: &B,
+        params: &mut [&mut Param<B>],
+        grads: &mut Grads<B>,
+        lr: f64,
+        group: &dyn Fn(&str) -> (f64, bool),
+    ) -> Result<StepStats> {
         let present: Vec<&B::Storage> = params.iter().filter_map(|p| grads.get_param(p)).collect();
         let norm = b.grad_norm_sq(&present)?.sqrt();
         if !norm.is_finite() {
@@ -84,8 +99,45 @@ impl<B: Backend> AdamW<B> {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => e.insert((b.zeros(n)?, b.zeros(n)?)),
             };
+            let (lr_mult, decay) = group(&p.name);
+            let hp = AdamWParams { lr: lr * lr_mult, weight_decay: if decay { hp.weight_decay } else { 0.0 }, ..hp };
             b.adamw_step(p.storage_mut()?, &g, m, v, &hp)?;
         }
         Ok(StepStats { grad_norm: norm, applied: true })
+    }
+
+    /// The moments of the named parameters, for a checkpoint: (name, m, v). Parameters that have
+    /// not stepped yet are left out.
+    pub fn export_state(&self, b: &B, named: &[(String, VarId)]) -> Result<Vec<(String, Vec<f32>, Vec<f32>)>> {
+        let mut out = Vec::new();
+        for (name, var) in named {
+            if let Some((m, v)) = self.state.get(var) {
+                out.push((name.clone(), b.download(m)?, b.download(v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores moments saved by `export_state` onto the parameters of this run (matched by name,
+    /// since variable ids differ between processes) and the step count.
+    pub fn import_state(
+        &mut self,
+        b: &B,
+        named: &[(String, VarId)],
+        state: &[(String, Vec<f32>, Vec<f32>)],
+        step: u64,
+    ) -> Result<()> {
+        self.state.clear();
+        for (name, m, v) in state {
+            let Some((_, var)) = named.iter().find(|(n, _)| n == name) else {
+                return Err(crate::Error::InvalidArgument {
+                    op: "optimizer state",
+                    msg: format!("the checkpoint has moments for `{name}`, which this model does not train"),
+                });
+            };
+            self.state.insert(*var, (b.upload(m)?, b.upload(v)?));
+        }
+        self.step = step;
+        Ok(())
     }
 }

@@ -65,8 +65,7 @@ pub fn train_step<B: Backend>(
     seed: u64,
 ) -> Result<StepOutput> {
     let (mut grads, mut out) = accumulate(model, micro, checkpoint, seed)?;
-    let be = model.norm.backend().clone();
-    let stats = opt.step(&be, &mut model.params_mut()?, &mut grads, lr)?;
+    let stats = model.optimizer_step(opt, &mut grads, lr, &|_| (1.0, true))?;
     out.grad_norm = stats.grad_norm;
     out.applied = stats.applied;
     Ok(out)
