@@ -5,6 +5,7 @@ mod chat;
 mod info;
 mod logits;
 mod session;
+mod train;
 
 use crate::backend::{resolve_device, DeviceKind};
 use crate::error::Result;
@@ -24,6 +25,24 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Fine-tune a model as a LLaMA-Factory-style YAML (or JSON) config says. Keys can be
+    /// overridden after the file as `key=value` or `--key value`.
+    #[command(allow_hyphen_values = true)]
+    Train {
+        /// The config file (.yaml, .yml or .json).
+        config: PathBuf,
+        /// Overrides: `learning_rate=1e-4`, `--max_steps 50`, `--output_dir=out`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        overrides: Vec<String>,
+    },
+    /// Print the memory plan of a training config (weights, adapters, gradients, optimizer,
+    /// activations, loss) against what the device has, without training.
+    #[command(allow_hyphen_values = true)]
+    Plan {
+        config: PathBuf,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        overrides: Vec<String>,
+    },
     /// Chat with a model using its own chat template (or a built-in one), streaming the reply.
     /// Interactive on stdin unless --prompt is given.
     Chat {
@@ -112,6 +131,8 @@ pub fn device(s: &str) -> Result<DeviceKind> {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Command::Train { config, overrides } => train::train(&config, &overrides),
+        Command::Plan { config, overrides } => train::plan(&config, &overrides),
         Command::Info { path, devices, seq, rank, device: d } => {
             let dev = device(&d)?;
             if devices {

@@ -9,6 +9,7 @@ use crate::tensor::{Param, VarId};
 pub mod memory;
 
 pub mod step;
+pub mod trainer;
 use std::collections::HashMap;
 
 #[derive(Clone, Copy, Debug)]
