@@ -52,10 +52,34 @@ pub fn load(model: &Path, adapter: Option<&Path>, template: Option<&str>) -> Res
             let ac = AdapterConfig::read(dir)?;
             let spec = AdapterSpec { targets: ac.target_modules.clone(), lora: ac.lora(), seed: 0, quantize: None };
             let (mut m, _) = load_model(&be, model, &spec)?;
-            load_adapter(&mut m, dir, qk_permutation(&cfg))
+            let meta = load_adapter(&mut m, dir, qk_permutation(&cfg))
                 .with_context(|| format!("applying adapter {}", dir.display()))?;
+            check_base(&meta, model, dir)?;
             m
         }
     };
     Ok(Loaded { model, cfg, tok, template })
+}
+
+/// An adapter trained on a GGUF base records that file's fingerprint; applying it to a different
+/// GGUF file (another model, or another quantization of it) is refused. Hugging Face directories
+/// are accepted: the adapter is stored in Hugging Face layout, for the HF release of the model.
+/// `LORAFORGE_ALLOW_BASE_MISMATCH=1` overrides the check.
+pub fn check_base(meta: &std::collections::HashMap<String, String>, model: &Path, adapter: &Path) -> Result<()> {
+    let Some(want) = meta.get("loraforge.base_fingerprint") else { return Ok(()) };
+    if model.is_dir() || std::env::var("LORAFORGE_ALLOW_BASE_MISMATCH").is_ok_and(|v| v == "1") {
+        return Ok(());
+    }
+    let got = crate::export::peft::fingerprint_file(model)?;
+    if &got != want {
+        let base = meta.get("loraforge.base").map(String::as_str).unwrap_or("another file");
+        return Err(crate::Error::msg(format!(
+            "adapter {} was trained on {base} (fingerprint {want}), but {} has fingerprint {got}: it is a different \
+             base (another model or quantization). Use the adapter's base, its Hugging Face release, or set \
+             LORAFORGE_ALLOW_BASE_MISMATCH=1 to apply it anyway",
+            adapter.display(),
+            model.display()
+        )));
+    }
+    Ok(())
 }
