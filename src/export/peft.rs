@@ -162,19 +162,33 @@ pub fn save_adapter<B: Backend>(
     let mut tensors = Vec::new();
     for l in model.loras() {
         let prefix = format!("base_model.model.{}", l.name);
-        let a = l.a.t.to_vec()?;
+        let mut a = l.a.t.to_vec()?;
         let mut b = l.b.t.to_vec()?;
+        let mut rank = l.cfg.rank;
+        // PiSSA: save the update against the ORIGINAL base, ΔW = s(BA − B₀A₀) = s[B, −B₀][A; A₀]
+        // (rank 2r; the caller's config doubles r and scales alpha so s is unchanged).
+        if let Some((a0, b0)) = &l.pissa_init {
+            a.extend_from_slice(a0);
+            let r = l.cfg.rank;
+            let mut bb = Vec::with_capacity(2 * b.len());
+            for i in 0..l.d_out {
+                bb.extend_from_slice(&b[i * r..(i + 1) * r]);
+                bb.extend(b0[i * r..(i + 1) * r].iter().map(|x| -x));
+            }
+            b = bb;
+            rank = 2 * r;
+        }
         let mut m = match &l.magnitude {
             Some(m) => Some(m.t.to_vec()?),
             None => None,
         };
         if let Some(heads) = qk.and_then(|q| q.heads_for(&l.name)) {
             let d = qk.unwrap().head_dim;
-            b = permute_rows(&b, l.cfg.rank, heads, d, true);
+            b = permute_rows(&b, rank, heads, d, true);
             m = m.map(|m| permute_rows(&m, 1, heads, d, true));
         }
-        tensors.push((format!("{prefix}.lora_A.weight"), Dtype::F32, vec![l.cfg.rank, l.d_in], f32_bytes(&a)));
-        tensors.push((format!("{prefix}.lora_B.weight"), Dtype::F32, vec![l.d_out, l.cfg.rank], f32_bytes(&b)));
+        tensors.push((format!("{prefix}.lora_A.weight"), Dtype::F32, vec![rank, l.d_in], f32_bytes(&a)));
+        tensors.push((format!("{prefix}.lora_B.weight"), Dtype::F32, vec![l.d_out, rank], f32_bytes(&b)));
         if let Some(m) = m {
             tensors.push((format!("{prefix}.lora_magnitude_vector"), Dtype::F32, vec![l.d_out], f32_bytes(&m)));
         }

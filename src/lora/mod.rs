@@ -15,6 +15,7 @@
 //! with the row norm detached from the graph (the paper's §4.3; PEFT `weight_norm.detach()`), and
 //! m initialised to ‖W₀‖_row, so at init the scale is exactly 1.
 
+pub mod pissa;
 use crate::backend::cpu::matmul::MatmulDims;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -69,6 +70,9 @@ pub struct LoraLinear<B: Backend> {
     pub cfg: LoraConfig,
     pub d_in: usize,
     pub d_out: usize,
+    /// PiSSA: the initial (A₀ (r, d_in), B₀ (d_out, r)), kept so the adapter can be saved for the
+    /// original base (see pissa.rs). None for a standard initialisation.
+    pub pissa_init: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl<B: Backend> LoraLinear<B> {
@@ -108,7 +112,18 @@ impl<B: Backend> LoraLinear<B> {
         } else {
             None
         };
-        Ok(LoraLinear { name: name.into(), base, bias, a, b, magnitude, cfg: cfg.clone(), d_in, d_out })
+        Ok(LoraLinear {
+            name: name.into(),
+            base,
+            bias,
+            a,
+            b,
+            magnitude,
+            cfg: cfg.clone(),
+            d_in,
+            d_out,
+            pissa_init: None,
+        })
     }
 
     pub fn params(&self) -> Vec<&Param<B>> {
@@ -192,5 +207,33 @@ impl<B: Backend> LoraLinear<B> {
             out.extend(row.iter().map(|&x| (x as f64 * m[r] as f64 / n) as f32));
         }
         Tensor::from_slice(be, &out, [self.d_out, self.d_in])
+    }
+}
+
+impl<B: Backend> LoraLinear<B> {
+    /// Re-initialises this adapter with PiSSA (see pissa.rs): A, B from the top-r singular
+    /// directions of the base weight, the base replaced by the residual, stored by `store` (which
+    /// gets the residual (d_out, d_in) in f32 and returns the frozen format to keep it in).
+    pub fn init_pissa(
+        &mut self,
+        be: &B,
+        niter: usize,
+        seed: u64,
+        store: &dyn Fn(Vec<f32>, usize, usize) -> Result<crate::backend::HostQuant>,
+    ) -> Result<()> {
+        if self.cfg.use_dora {
+            return Err(Error::msg("pissa_init cannot be combined with use_dora"));
+        }
+        let w = self.base.to_dense(be)?.to_vec()?;
+        let p = pissa::pissa_init(&w, self.d_out, self.d_in, self.cfg.rank, self.cfg.scale(), niter, seed)
+            .map_err(|e| Error::msg(format!("{}: {e}", self.name)))?;
+        let (var_a, var_b) = (self.a.var(), self.b.var());
+        self.a.t = Tensor::from_slice(be, &p.a, [self.cfg.rank, self.d_in])?;
+        self.a.t.var = Some(var_a);
+        self.b.t = Tensor::from_slice(be, &p.b, [self.d_out, self.cfg.rank])?;
+        self.b.t.var = Some(var_b);
+        self.base = Weight::Frozen(std::sync::Arc::new(be.upload_quant(store(p.residual, self.d_out, self.d_in)?)?));
+        self.pissa_init = Some((p.a, p.b));
+        Ok(())
     }
 }

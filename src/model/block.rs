@@ -53,6 +53,13 @@ impl<B: Backend> Proj<B> {
             Proj::Lora(l) => l.forward(tape, x, seed),
         }
     }
+    /// The stored format of the base weight ("f32", "nf4", "q4_1", ...).
+    pub fn base_format(&self, be: &B) -> String {
+        match self {
+            Proj::Frozen { w, .. } => w.format(be),
+            Proj::Lora(l) => l.base.format(be),
+        }
+    }
     pub fn params(&self) -> Vec<&Param<B>> {
         match self {
             Proj::Frozen { .. } => vec![],

@@ -290,7 +290,14 @@ pub fn load_parts<B: Backend>(be: &B, args: &TrainArgs, notes: &mut Vec<String>)
             )))
         }
     };
-    let (model, cfg) = load_model(be, &path, &spec).with_context(|| format!("loading {}", path.display()))?;
+    // PiSSA decomposes the full-precision weights: load them unquantized (zero-copy views), then
+    // quantize each residual as QLoRA asks (QPiSSA), or back into its GGUF block type.
+    let load_spec = if args.pissa_init { AdapterSpec { quantize: None, ..spec.clone() } } else { spec.clone() };
+    let (mut model, cfg) =
+        load_model(be, &path, &load_spec).with_context(|| format!("loading {}", path.display()))?;
+    if args.pissa_init {
+        apply_pissa(be, &mut model, &spec, args.pissa_iter, notes)?;
+    }
     Ok(ModelParts {
         model,
         cfg,
@@ -298,6 +305,50 @@ pub fn load_parts<B: Backend>(be: &B, args: &TrainArgs, notes: &mut Vec<String>)
         base: path.display().to_string(),
         base_fingerprint: fp,
     })
+}
+
+/// PiSSA-initialises every LoRA layer; residuals are stored as `spec.quantize` says, else in the
+/// base's own GGUF block type when loraforge can quantize to it, else as F32.
+pub fn apply_pissa<B: Backend>(
+    be: &B,
+    model: &mut Transformer<B>,
+    spec: &AdapterSpec,
+    pissa_iter: i64,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    use crate::quant::ggml::{GgmlMatrix, GgmlType};
+    // pissa_iter -1 means an exact SVD in LLaMA-Factory; 32 subspace iterations converge to it
+    // for the leading singular directions of real weights.
+    let niter = if pissa_iter < 0 { 32 } else { pissa_iter as usize };
+    let mut fallback = Vec::new();
+    for (i, l) in model.loras_mut()?.into_iter().enumerate() {
+        let format = l.base.format(be);
+        let original = GgmlType::from_name(&format).ok();
+        let q = spec.quantize;
+        let store = move |w: Vec<f32>, rows: usize, cols: usize| -> Result<crate::backend::HostQuant> {
+            let m = GgmlMatrix::quantize(GgmlType::F32, rows, cols, &w)?;
+            match (q, original) {
+                (Some(q), _) => q.apply(m),
+                (None, Some(ty)) if ty != GgmlType::F32 => match GgmlMatrix::quantize(ty, rows, cols, &w) {
+                    Ok(m) => Ok(std::sync::Arc::new(m)),
+                    Err(_) => Ok(std::sync::Arc::new(m)),
+                },
+                _ => Ok(std::sync::Arc::new(m)),
+            }
+        };
+        l.init_pissa(be, niter, spec.seed.wrapping_add(i as u64), &store)?;
+        let now = l.base.format(be);
+        if spec.quantize.is_none() && now != format && !fallback.contains(&format) {
+            fallback.push(format);
+        }
+    }
+    if !fallback.is_empty() {
+        notes.push(format!(
+            "pissa_init: residual weights of format {} are kept as F32 (no quantizer for it)",
+            fallback.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 fn data_options(args: &TrainArgs) -> DataOptions {
@@ -383,9 +434,6 @@ impl<B: Backend> Trainer<B> {
         }
         if !args.additional_target.is_empty() {
             return Err(Error::msg("additional_target is not supported yet by loraforge"));
-        }
-        if args.pissa_init {
-            return Err(Error::msg("pissa_init is not supported yet by loraforge"));
         }
         match args.finetuning_type {
             FinetuningType::Lora => {}
@@ -884,10 +932,16 @@ impl<B: Backend> Trainer<B> {
         })
     }
 
-    /// The adapter config written with the adapter.
+    /// The adapter config written with the adapter. PiSSA adapters are saved converted for the
+    /// original base (rank 2r, alpha scaled so the update's scale is unchanged).
     pub fn adapter_config(&self) -> Result<AdapterConfig> {
         let spec = adapter_spec(&self.args)?;
-        Ok(AdapterConfig::new(&spec.lora, &spec.targets, &self.base))
+        let mut lora = spec.lora.clone();
+        if self.args.pissa_init {
+            lora.rank *= 2;
+            lora.alpha *= if lora.use_rslora { std::f32::consts::SQRT_2 } else { 2.0 };
+        }
+        Ok(AdapterConfig::new(&lora, &spec.targets, &self.base))
     }
 
     /// The trained result into `dir`: a PEFT adapter (LoRA) or the trained tensors (freeze/full).
