@@ -42,7 +42,9 @@ fn num<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
 fn peak_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0u64)
         * 1024
 }
@@ -171,7 +173,11 @@ fn run() -> Result<()> {
     let t0 = Instant::now();
     let loss0 = t.evaluate()?;
     let (acc0, _) = score(&t, eval_n)?;
-    println!("before: eval_loss {loss0:.4}, date task exact match {:.1}% ({:.1} s)", 100.0 * acc0, t0.elapsed().as_secs_f64());
+    println!(
+        "before: eval_loss {loss0:.4}, date task exact match {:.1}% ({:.1} s)",
+        100.0 * acc0,
+        t0.elapsed().as_secs_f64()
+    );
     t.enable_progress();
     let t1 = Instant::now();
     let summary = t.run(&mut |_| true)?;
@@ -192,7 +198,11 @@ fn run() -> Result<()> {
     println!("adapter: {}/adapter_model.safetensors", out.display());
     // A chat sample with the adapter.
     let chat = t.chat.as_ref().expect("tokenizer");
-    let msgs = vec![Message { role: "user".into(), content: "Who are you, and what can you do with dates?".into(), ..Default::default() }];
+    let msgs = vec![Message {
+        role: "user".into(),
+        content: "Who are you, and what can you do with dates?".into(),
+        ..Default::default()
+    }];
     let ids = chat.encode_prompt(&msgs)?;
     let mut gen = t.generate_config();
     gen.max_new_tokens = 48;

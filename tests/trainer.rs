@@ -1,7 +1,7 @@
 //! The training loop end to end: LoRA SFT of SmolLM2 lowers the loss and writes every output
 //! file; a resumed run continues with exactly the losses of an uninterrupted one; freeze, full and
 //! QLoRA (NF4) runs train; a run refuses an output_dir holding another run.
-//! Real-model tests skip with a message when the fixture model is not fetched (models/fetch.sh).
+//! Real-model tests need the fixture model (models/fetch.sh; .ci/setup runs it).
 
 use loraforge::backend::CpuBackend;
 use loraforge::model::presets::random_model;
@@ -10,14 +10,11 @@ use loraforge::train::args::{FinetuningType, ResumeFrom, SaveStrategy, TrainArgs
 use loraforge::train::trainer::{adapter_spec, model_cache_dir, synthetic_data, ModelParts, Trainer};
 use std::path::{Path, PathBuf};
 
+/// The fixture model; missing it is a failure (CI fetches it in .ci/setup), not a skip.
 fn smollm2() -> Option<PathBuf> {
     let p = model_cache_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!("SKIP: {} missing (run models/fetch.sh)", p.display());
-        None
-    }
+    assert!(p.is_file(), "{} is missing: run models/fetch.sh first", p.display());
+    Some(p)
 }
 
 fn tmp(name: &str) -> PathBuf {

@@ -31,11 +31,72 @@ pub fn devices() {
     }
 }
 
-pub fn model(path: &Path, seq: usize, rank: usize, device: DeviceKind) -> Result<()> {
+/// What `info` prints about a model's storage, from either kind of source.
+struct Facts {
+    cfg: ModelConfig,
+    label: String,
+    /// type name → (tensor count, bytes)
+    types: BTreeMap<String, (usize, u64)>,
+    weight_bytes: u64,
+    n_tensors: usize,
+    template: Option<usize>,
+    head_quantized: bool,
+}
+
+fn gguf_facts(path: &Path) -> Result<Facts> {
     let f = GgufFile::open(path)?;
     let cfg = ModelConfig::from_gguf(&f)?;
     let name = f.get("general.name").and_then(|v| v.as_str()).unwrap_or("");
-    println!("model         {} ({name}, GGUF v{})", path.display(), f.version());
+    let mut types: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    let mut weight_bytes = 0u64;
+    for t in f.tensors() {
+        let e = types.entry(t.ty.upper_name().to_string()).or_default();
+        e.0 += 1;
+        e.1 += t.n_bytes as u64;
+        weight_bytes += t.n_bytes as u64;
+    }
+    let head_quantized =
+        f.tensor(if cfg.tie_word_embeddings { "token_embd.weight" } else { "output.weight" })?.ty.block_size() > 1;
+    Ok(Facts {
+        label: format!("{} ({name}, GGUF v{})", path.display(), f.version()),
+        types,
+        weight_bytes,
+        n_tensors: f.tensors().len(),
+        template: f.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(|t| t.len()),
+        head_quantized,
+        cfg,
+    })
+}
+
+fn hf_facts(dir: &Path) -> Result<Facts> {
+    let cfg = ModelConfig::from_hf_file(dir.join("config.json"))?;
+    let st = crate::io::safetensors::SafetensorsDir::open(dir)?;
+    let mut types: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    let mut weight_bytes = 0u64;
+    let list = st.list();
+    for (_, dtype, shape) in &list {
+        let bytes = (shape.iter().product::<usize>() as u64 * dtype.bitsize() as u64).div_ceil(8);
+        let e = types.entry(format!("{dtype:?}")).or_default();
+        e.0 += 1;
+        e.1 += bytes;
+        weight_bytes += bytes;
+    }
+    let template = crate::tokenizer::template::ChatTemplate::from_hf_dir(dir).ok().flatten().map(|t| t.source().len());
+    Ok(Facts {
+        label: format!("{} (Hugging Face directory, {} safetensors file(s))", dir.display(), st.files().len()),
+        types,
+        weight_bytes,
+        n_tensors: list.len(),
+        template,
+        head_quantized: false,
+        cfg,
+    })
+}
+
+pub fn model(path: &Path, seq: usize, rank: usize, device: DeviceKind) -> Result<()> {
+    let facts = if path.is_dir() { hf_facts(path)? } else { gguf_facts(path)? };
+    let Facts { cfg, label, types, weight_bytes, n_tensors, template, head_quantized } = facts;
+    println!("model         {label}");
     println!(
         "architecture  {}: {} layers, hidden {}, {} heads / {} KV heads, head dim {}, FFN {}, vocab {}",
         cfg.arch,
@@ -52,16 +113,8 @@ pub fn model(path: &Path, seq: usize, rank: usize, device: DeviceKind) -> Result
         cfg.param_count() as f64 / 1e6,
         if cfg.tie_word_embeddings { " (tied embeddings)" } else { "" }
     );
-    let mut types: BTreeMap<String, (usize, u64)> = BTreeMap::new();
-    let mut weight_bytes = 0u64;
-    for t in f.tensors() {
-        let e = types.entry(t.ty.upper_name().to_string()).or_default();
-        e.0 += 1;
-        e.1 += t.n_bytes as u64;
-        weight_bytes += t.n_bytes as u64;
-    }
     let ty: Vec<String> = types.iter().map(|(k, (n, b))| format!("{k} ×{n} ({})", human_bytes(*b))).collect();
-    println!("tensors       {} in {}: {}", f.tensors().len(), human_bytes(weight_bytes), ty.join(", "));
+    println!("tensors       {n_tensors} in {}: {}", human_bytes(weight_bytes), ty.join(", "));
     let window = match (cfg.sliding_window, cfg.sliding_window_pattern) {
         (Some(w), Some(p)) => format!(", sliding window {w} on {} of every {p} layers", p - 1),
         (Some(w), None) => format!(", sliding window {w}"),
@@ -73,8 +126,8 @@ pub fn model(path: &Path, seq: usize, rank: usize, device: DeviceKind) -> Result
         cfg.rope_theta,
         cfg.rope_local_theta.map(|t| format!(" (local layers {t})")).unwrap_or_default()
     );
-    match f.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
-        Some(t) => println!("template      the model's own ({} characters)", t.len()),
+    match template {
+        Some(n) => println!("template      the model's own ({n} characters)"),
         None => {
             println!("template      none in the file: name a built-in one (e.g. `gemma`) when chatting or training")
         }
@@ -88,9 +141,7 @@ pub fn model(path: &Path, seq: usize, rank: usize, device: DeviceKind) -> Result
     );
     let all = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
     let lora = LoraShape { rank, targets: all.iter().map(|s| s.to_string()).collect(), dora: false };
-    let head_q =
-        f.tensor(if cfg.tie_word_embeddings { "token_embd.weight" } else { "output.weight" })?.ty.block_size() > 1;
-    let p = plan_lora_training(&cfg, weight_bytes, &lora, 1, seq, true, head_q);
+    let p = plan_lora_training(&cfg, weight_bytes, &lora, 1, seq, true, head_quantized);
     println!(
         "LoRA train    {} = weights {} + adapters/grads/AdamW {} + activations {} + loss {} (r={rank} on all 7 projections, batch 1 × {seq}, checkpointing)",
         human_bytes(p.total()),

@@ -58,7 +58,10 @@ fn sym_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
         v[i * n + i] = 1.0;
     }
     for _sweep in 0..100 {
-        let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * n + j].powi(2)).sum();
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * n + j].powi(2))
+            .sum();
         let diag: f64 = (0..n).map(|i| a[i * n + i].powi(2)).sum();
         if off <= 1e-30 * diag.max(1e-300) {
             break;
@@ -160,7 +163,15 @@ pub fn svd_lowrank(w: &[f32], m: usize, n: usize, r: usize, niter: usize, seed: 
 }
 
 /// PiSSA factors and residual of `w` (d_out, d_in) for rank `r` and LoRA scale `scale`.
-pub fn pissa_init(w: &[f32], d_out: usize, d_in: usize, r: usize, scale: f32, niter: usize, seed: u64) -> Result<PissaInit> {
+pub fn pissa_init(
+    w: &[f32],
+    d_out: usize,
+    d_in: usize,
+    r: usize,
+    scale: f32,
+    niter: usize,
+    seed: u64,
+) -> Result<PissaInit> {
     if r == 0 || r > d_out.min(d_in) || w.len() != d_out * d_in || !(scale > 0.0) {
         return Err(Error::msg(format!(
             "pissa_init: rank {r} for a ({d_out}, {d_in}) weight with scale {scale} is not possible"

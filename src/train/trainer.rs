@@ -293,8 +293,7 @@ pub fn load_parts<B: Backend>(be: &B, args: &TrainArgs, notes: &mut Vec<String>)
     // PiSSA decomposes the full-precision weights: load them unquantized (zero-copy views), then
     // quantize each residual as QLoRA asks (QPiSSA), or back into its GGUF block type.
     let load_spec = if args.pissa_init { AdapterSpec { quantize: None, ..spec.clone() } } else { spec.clone() };
-    let (mut model, cfg) =
-        load_model(be, &path, &load_spec).with_context(|| format!("loading {}", path.display()))?;
+    let (mut model, cfg) = load_model(be, &path, &load_spec).with_context(|| format!("loading {}", path.display()))?;
     if args.pissa_init {
         apply_pissa(be, &mut model, &spec, args.pissa_iter, notes)?;
     }
@@ -423,12 +422,21 @@ impl<B: Backend> Trainer<B> {
         check_output_dir(&args)?;
         let ModelParts { mut model, cfg, chat, base, base_fingerprint } = parts;
         if args.stage != Stage::Pt && args.stage != Stage::Sft {
-            return Err(Error::msg(format!("stage `{:?}` is not supported yet by loraforge (pt and sft are)", args.stage)));
+            return Err(Error::msg(format!(
+                "stage `{:?}` is not supported yet by loraforge (pt and sft are)",
+                args.stage
+            )));
         }
         if args.bf16 || args.fp16 || args.pure_bf16 {
             notes.push(format!(
                 "{}: the {} backend computes in f32 (same results as mixed precision, more memory)",
-                if args.bf16 { "bf16" } else if args.fp16 { "fp16" } else { "pure_bf16" },
+                if args.bf16 {
+                    "bf16"
+                } else if args.fp16 {
+                    "fp16"
+                } else {
+                    "pure_bf16"
+                },
                 be.name()
             ));
         }
@@ -501,8 +509,13 @@ impl<B: Backend> Trainer<B> {
             return Err(Error::msg("nothing to train: max_steps / num_train_epochs give 0 steps"));
         }
         let warmup = args.warmup_steps_for(total_steps);
-        let sched =
-            LrSchedule::new(args.lr_scheduler_type, args.learning_rate, warmup, total_steps, &args.lr_scheduler_kwargs)?;
+        let sched = LrSchedule::new(
+            args.lr_scheduler_type,
+            args.learning_rate,
+            warmup,
+            total_steps,
+            &args.lr_scheduler_kwargs,
+        )?;
         let opt = AdamW::new(AdamWConfig {
             lr: args.learning_rate,
             beta1: args.adam_beta1,
@@ -620,7 +633,8 @@ impl<B: Backend> Trainer<B> {
             total / 1e6
         );
         if let Some(st) = &self.data_stats {
-            s += &format!(
+            s +=
+                &format!(
                 "data: {} examples from {} rows, {} tokens ({} trained), {} truncated, {} skipped; {} eval batches\n",
                 st.examples, st.rows, st.tokens, st.trained_tokens, st.truncated, st.skipped, self.eval_batches.len()
             );
@@ -1067,7 +1081,8 @@ impl<B: Backend> Trainer<B> {
             let ids: Vec<u32> = ids.into_iter().filter(|i| !gen.stop_ids.contains(i)).collect();
             let text = chat.tok.decode(&ids, true);
             let prompt = chat.tok.decode(&it.prompt_ids, false);
-            lines += &serde_json::to_string(&serde_json::json!({"prompt": prompt, "predict": text, "label": it.reference}))?;
+            lines +=
+                &serde_json::to_string(&serde_json::json!({"prompt": prompt, "predict": text, "label": it.reference}))?;
             lines.push('\n');
             preds.push(text);
             refs.push(it.reference.clone());
