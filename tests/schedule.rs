@@ -85,13 +85,13 @@ fn cosine_with_hard_restarts() {
     check(
         &s,
         &[
-            (0, 1.0),                     // (0) % 1 = 0
-            (25, 0.5),                    // 0.5 % 1 = 0.5: 0.5 (1 + cos(pi/2))
-            (49, 0.0009866357858642205),  // 0.98: 0.5 (1 + cos(0.98 pi)) = 0.5 (1 - 0.99802673)
-            (50, 1.0),                    // 1.0 % 1 = 0: the hard restart
-            (75, 0.5),                    // 1.5 % 1 = 0.5
-            (100, 0.0),                   // p = 1: explicitly 0
-            (130, 0.0),                   // p > 1: 0
+            (0, 1.0),                    // (0) % 1 = 0
+            (25, 0.5),                   // 0.5 % 1 = 0.5: 0.5 (1 + cos(pi/2))
+            (49, 0.0009866357858642205), // 0.98: 0.5 (1 + cos(0.98 pi)) = 0.5 (1 - 0.99802673)
+            (50, 1.0),                   // 1.0 % 1 = 0: the hard restart
+            (75, 0.5),                   // 1.5 % 1 = 0.5
+            (100, 0.0),                  // p = 1: explicitly 0
+            (130, 0.0),                  // p > 1: 0
         ],
         "cosine_with_restarts",
     );
@@ -166,13 +166,8 @@ fn cosine_with_min_lr_floor() {
     // min_lr = 1e-5 with base 1e-4 is min_lr_rate 0.1: the last lr is 1e-5.
     let m = LrSchedule::new(SchedulerType::CosineWithMinLr, 1e-4, 0, 100, &kw(json!({"min_lr": 1e-5}))).unwrap();
     assert!((m.lr_at(100) - 1e-5).abs() < 1e-18, "{}", m.lr_at(100));
-    let both = LrSchedule::new(
-        SchedulerType::CosineWithMinLr,
-        1e-4,
-        0,
-        100,
-        &kw(json!({"min_lr": 1e-5, "min_lr_rate": 0.1})),
-    );
+    let both =
+        LrSchedule::new(SchedulerType::CosineWithMinLr, 1e-4, 0, 100, &kw(json!({"min_lr": 1e-5, "min_lr_rate": 0.1})));
     assert!(both.unwrap_err().to_string().contains("only one"));
     let none = LrSchedule::new(SchedulerType::CosineWithMinLr, 1e-4, 0, 100, &Map::new());
     assert!(none.unwrap_err().to_string().contains("min_lr_rate"));

@@ -110,10 +110,15 @@ fn llama_factory_example_parses_with_the_right_values() {
     assert!(a.bf16);
     assert_eq!(a.resume_from_checkpoint, None);
     assert_eq!(a.lora_alpha_value(), 16.0); // unset -> 2 * rank
-    // One note per ignored key, each naming it.
-    for key in
-        ["trust_remote_code", "overwrite_cache", "preprocessing_num_workers", "dataloader_num_workers", "report_to", "ddp_timeout"]
-    {
+                                            // One note per ignored key, each naming it.
+    for key in [
+        "trust_remote_code",
+        "overwrite_cache",
+        "preprocessing_num_workers",
+        "dataloader_num_workers",
+        "report_to",
+        "ddp_timeout",
+    ] {
         assert!(notes.iter().any(|n| n.contains(&format!("`{key}`"))), "no note for {key}: {notes:?}");
     }
     assert_eq!(notes.len(), 6, "{notes:?}");
@@ -177,7 +182,10 @@ fn unknown_key_suggests_the_nearest() {
     let e = parse_err("learnig_rate: 1e-4");
     assert!(e.contains("did you mean `learning_rate`?"), "{e}");
     let e = parse_err("per_device_batch_size: 4");
-    assert!(e.contains("did you mean `per_device_train_batch_size`?") || e.contains("per_device_eval_batch_size"), "{e}");
+    assert!(
+        e.contains("did you mean `per_device_train_batch_size`?") || e.contains("per_device_eval_batch_size"),
+        "{e}"
+    );
     // Nothing close: no wild guess.
     let e = parse_err("banana: 1");
     assert!(e.contains("unknown key `banana`") && !e.contains("did you mean"), "{e}");
@@ -331,8 +339,8 @@ fn load_reads_file_applies_overrides_then_validates() {
     // Validation runs after overrides: an override can break (or fix) a config.
     let e = TrainArgs::load(Some(&yaml), &s(&["lora_rank=0"])).unwrap_err().to_string();
     assert!(e.contains("lora_rank must be > 0"), "{e}");
-    let (b, _) = TrainArgs::load(None, &s(&["model_name_or_path=smollm2-135m", "dataset=demo_dates", "output_dir=o"]))
-        .unwrap();
+    let (b, _) =
+        TrainArgs::load(None, &s(&["model_name_or_path=smollm2-135m", "dataset=demo_dates", "output_dir=o"])).unwrap();
     assert_eq!(b.dataset, s(&["demo_dates"]));
     // File errors carry the path; unknown extensions are refused.
     let bad = dir.join("bad.yaml");
@@ -344,7 +352,8 @@ fn load_reads_file_applies_overrides_then_validates() {
     assert!(TrainArgs::from_file(&txt).unwrap_err().to_string().contains(".yaml, .yml or .json"));
     assert!(TrainArgs::from_file(&dir.join("missing.yaml")).is_err());
     let json = dir.join("cfg.json");
-    std::fs::write(&json, r#"{"model_name_or_path": "gemma3-270m", "dataset": "demo_chat", "output_dir": "o"}"#).unwrap();
+    std::fs::write(&json, r#"{"model_name_or_path": "gemma3-270m", "dataset": "demo_chat", "output_dir": "o"}"#)
+        .unwrap();
     let (j, _) = TrainArgs::load(Some(&json), &[]).unwrap();
     assert_eq!(j.model_name_or_path, "gemma3-270m");
     std::fs::remove_dir_all(&dir).ok();

@@ -379,24 +379,97 @@ impl Default for TrainArgs {
 
 /// Every field key, in `to_yaml` order. `tests/train_args.rs` checks that `to_yaml` writes exactly these.
 pub const FIELD_KEYS: &[&str] = &[
-    "model_name_or_path", "adapter_name_or_path", "template", "quantization_bit", "quantization_method",
-    "quantization_type", "double_quantization", "disable_gradient_checkpointing",
-    "stage", "do_train", "do_eval", "do_predict", "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout",
-    "lora_target", "additional_target", "use_rslora", "use_dora", "pissa_init", "pissa_iter", "loraplus_lr_ratio",
-    "loraplus_lr_embedding", "create_new_adapter", "freeze_trainable_layers", "freeze_trainable_modules",
+    "model_name_or_path",
+    "adapter_name_or_path",
+    "template",
+    "quantization_bit",
+    "quantization_method",
+    "quantization_type",
+    "double_quantization",
+    "disable_gradient_checkpointing",
+    "stage",
+    "do_train",
+    "do_eval",
+    "do_predict",
+    "finetuning_type",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target",
+    "additional_target",
+    "use_rslora",
+    "use_dora",
+    "pissa_init",
+    "pissa_iter",
+    "loraplus_lr_ratio",
+    "loraplus_lr_embedding",
+    "create_new_adapter",
+    "freeze_trainable_layers",
+    "freeze_trainable_modules",
     "freeze_extra_modules",
-    "dataset", "eval_dataset", "dataset_dir", "cutoff_len", "max_samples", "packing", "neat_packing",
-    "train_on_prompt", "mask_history", "val_size", "streaming", "buffer_size", "default_system",
-    "output_dir", "logging_steps", "save_steps", "save_strategy", "save_total_limit", "save_only_model", "plot_loss",
+    "dataset",
+    "eval_dataset",
+    "dataset_dir",
+    "cutoff_len",
+    "max_samples",
+    "packing",
+    "neat_packing",
+    "train_on_prompt",
+    "mask_history",
+    "val_size",
+    "streaming",
+    "buffer_size",
+    "default_system",
+    "output_dir",
+    "logging_steps",
+    "save_steps",
+    "save_strategy",
+    "save_total_limit",
+    "save_only_model",
+    "plot_loss",
     "overwrite_output_dir",
-    "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "num_train_epochs", "max_steps",
-    "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_ratio", "warmup_steps", "weight_decay", "adam_beta1",
-    "adam_beta2", "adam_epsilon", "max_grad_norm", "optim", "bf16", "fp16", "pure_bf16", "neftune_noise_alpha", "seed",
-    "data_seed", "resume_from_checkpoint",
-    "per_device_eval_batch_size", "eval_strategy", "eval_steps", "early_stopping_steps", "predict_with_generate",
-    "max_new_tokens", "temperature", "top_p", "top_k", "do_sample", "repetition_penalty",
-    "export_dir", "export_size", "export_legacy_format", "export_format", "export_dtype", "export_quant",
-    "device", "max_memory_gb", "chunk_tokens",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "warmup_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "optim",
+    "bf16",
+    "fp16",
+    "pure_bf16",
+    "neftune_noise_alpha",
+    "seed",
+    "data_seed",
+    "resume_from_checkpoint",
+    "per_device_eval_batch_size",
+    "eval_strategy",
+    "eval_steps",
+    "early_stopping_steps",
+    "predict_with_generate",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "do_sample",
+    "repetition_penalty",
+    "export_dir",
+    "export_size",
+    "export_legacy_format",
+    "export_format",
+    "export_dtype",
+    "export_quant",
+    "device",
+    "max_memory_gb",
+    "chunk_tokens",
 ];
 
 /// Keys that mean nothing to a native single-process engine: accepted, each with a one-line note saying why.
@@ -510,20 +583,82 @@ const IGNORED_PREFIXES: &[(&str, &str)] = &[
 
 /// Real LLaMA-Factory / HF features loraforge does not have yet. `false` / `null` is accepted (with a note).
 const UNSUPPORTED: &[&str] = &[
-    "pref_beta", "pref_ftx", "pref_loss", "pref_bco_weight", "dpo_label_smoothing", "kto_chosen_weight",
-    "kto_rejected_weight", "simpo_gamma", "ld_alpha", "ppo_buffer_size", "ppo_epochs", "ppo_score_norm", "ppo_target",
-    "ppo_whiten_rewards", "ref_model", "ref_model_adapters", "ref_model_quantization_bit", "reward_model",
-    "reward_model_adapters", "reward_model_quantization_bit", "reward_model_type",
-    "use_galore", "galore_target", "galore_rank", "galore_update_interval", "galore_scale", "galore_proj_type",
-    "galore_layerwise", "use_apollo", "apollo_target", "apollo_rank", "apollo_update_interval", "apollo_scale",
-    "apollo_proj", "apollo_proj_type", "apollo_scale_type", "apollo_layerwise", "apollo_scale_front", "use_badam",
-    "badam_mode", "badam_start_block", "badam_switch_mode", "badam_switch_interval", "badam_update_ratio",
-    "badam_mask_mode", "badam_verbose",
-    "use_llama_pro", "use_adam_mini", "use_muon", "use_dft_loss", "use_mca", "use_kt", "use_v1_kernels",
-    "mixture_of_depths", "rope_scaling", "shift_attn", "resize_vocab", "add_tokens", "add_special_tokens",
-    "new_special_tokens_config", "train_from_scratch", "fp8", "oft_rank", "oft_block_size", "oft_target",
-    "module_dropout", "pissa_convert", "compute_accuracy", "disable_shuffling", "interleave_probs", "tokenized_path",
-    "export_quantization_bit", "label_smoothing_factor", "optim_args", "adapter_folder", "load_best_model_at_end",
+    "pref_beta",
+    "pref_ftx",
+    "pref_loss",
+    "pref_bco_weight",
+    "dpo_label_smoothing",
+    "kto_chosen_weight",
+    "kto_rejected_weight",
+    "simpo_gamma",
+    "ld_alpha",
+    "ppo_buffer_size",
+    "ppo_epochs",
+    "ppo_score_norm",
+    "ppo_target",
+    "ppo_whiten_rewards",
+    "ref_model",
+    "ref_model_adapters",
+    "ref_model_quantization_bit",
+    "reward_model",
+    "reward_model_adapters",
+    "reward_model_quantization_bit",
+    "reward_model_type",
+    "use_galore",
+    "galore_target",
+    "galore_rank",
+    "galore_update_interval",
+    "galore_scale",
+    "galore_proj_type",
+    "galore_layerwise",
+    "use_apollo",
+    "apollo_target",
+    "apollo_rank",
+    "apollo_update_interval",
+    "apollo_scale",
+    "apollo_proj",
+    "apollo_proj_type",
+    "apollo_scale_type",
+    "apollo_layerwise",
+    "apollo_scale_front",
+    "use_badam",
+    "badam_mode",
+    "badam_start_block",
+    "badam_switch_mode",
+    "badam_switch_interval",
+    "badam_update_ratio",
+    "badam_mask_mode",
+    "badam_verbose",
+    "use_llama_pro",
+    "use_adam_mini",
+    "use_muon",
+    "use_dft_loss",
+    "use_mca",
+    "use_kt",
+    "use_v1_kernels",
+    "mixture_of_depths",
+    "rope_scaling",
+    "shift_attn",
+    "resize_vocab",
+    "add_tokens",
+    "add_special_tokens",
+    "new_special_tokens_config",
+    "train_from_scratch",
+    "fp8",
+    "oft_rank",
+    "oft_block_size",
+    "oft_target",
+    "module_dropout",
+    "pissa_convert",
+    "compute_accuracy",
+    "disable_shuffling",
+    "interleave_probs",
+    "tokenized_path",
+    "export_quantization_bit",
+    "label_smoothing_factor",
+    "optim_args",
+    "adapter_folder",
+    "load_best_model_at_end",
 ];
 
 /// Prefixes of unsupported key families (so `galore_foo` from a newer LLaMA-Factory still reads clearly).
@@ -705,7 +840,19 @@ fn yaml_to_json(y: &yaml_rust2::Yaml) -> Result<Value> {
 
 /// Parses YAML text into one JSON value; errors carry the line and column.
 fn parse_yaml(text: &str) -> Result<Value> {
-    let docs = yaml_rust2::YamlLoader::load_from_str(text).map_err(|e| Error::msg(format!("invalid YAML: {e}")))?;
+    let docs = yaml_rust2::YamlLoader::load_from_str(text).map_err(|e| {
+        let m = e.marker();
+        // yaml-rust2 writes duplicates as `String("key"): duplicated key in mapping`: say it plainly.
+        let info = match e.info().strip_suffix(": duplicated key in mapping") {
+            Some(k) => {
+                let k = k.strip_prefix("String(\"").and_then(|k| k.strip_suffix("\")")).unwrap_or(k);
+                format!("duplicated key `{k}`")
+            }
+            None => e.info().to_string(),
+        };
+        // The scanner reports where it noticed the problem: for an unclosed `[` that can be a line or two later.
+        Error::msg(format!("invalid YAML at line {} column {}: {info}", m.line(), m.col() + 1))
+    })?;
     match docs.len() {
         0 => Ok(Value::Object(Map::new())), // empty file: all defaults (validate() then asks for the model)
         1 => yaml_to_json(&docs[0]),
@@ -940,7 +1087,9 @@ impl TrainArgs {
             "learning_rate" => self.learning_rate = to_f64(k, v)?,
             "num_train_epochs" => self.num_train_epochs = to_f64(k, v)?,
             // HF: -1 (any value <= 0) = train for num_train_epochs.
-            "max_steps" => self.max_steps = opt(v, || to_i64(k, v))?.and_then(|s| usize::try_from(s).ok()).filter(|&s| s > 0),
+            "max_steps" => {
+                self.max_steps = opt(v, || to_i64(k, v))?.and_then(|s| usize::try_from(s).ok()).filter(|&s| s > 0)
+            }
             "lr_scheduler_type" => {
                 if let Some(s @ ("reduce_lr_on_plateau" | "cosine_warmup_with_min_lr")) = v.as_str() {
                     return Err(unsupported(&format!("lr_scheduler_type: {s}")));
@@ -1299,7 +1448,9 @@ impl TrainArgs {
             crate::bail!("eval_steps must be > 0");
         }
         if self.early_stopping_steps.is_some() && self.eval_strategy == EvalStrategy::No {
-            crate::bail!("early_stopping_steps needs evaluation: set eval_strategy: steps and val_size or eval_dataset");
+            crate::bail!(
+                "early_stopping_steps needs evaluation: set eval_strategy: steps and val_size or eval_dataset"
+            );
         }
         if self.stage == Stage::Sft && self.do_predict && !self.predict_with_generate {
             crate::bail!("do_predict needs predict_with_generate: true to save predictions");
@@ -1320,10 +1471,7 @@ impl TrainArgs {
         }
         if let Some(q) = &self.export_quant {
             if self.export_format != ExportFormat::Gguf {
-                crate::bail!(
-                    "export_quant: {q} needs export_format: gguf (got export_format: {})",
-                    self.export_format
-                );
+                crate::bail!("export_quant: {q} needs export_format: gguf (got export_format: {})", self.export_format);
             }
         }
 
@@ -1384,8 +1532,10 @@ fn ylist(v: &[String]) -> String {
 }
 /// A YAML flow mapping with JSON values: `{"num_cycles": 0.5}` (spaces after `:` and `,` keep YAML parsers happy).
 fn ymap(m: &Map<String, Value>) -> String {
-    let items: Vec<String> =
-        m.iter().map(|(k, v)| format!("{}: {}", yq(k), serde_json::to_string(v).unwrap_or_else(|_| "null".into()))).collect();
+    let items: Vec<String> = m
+        .iter()
+        .map(|(k, v)| format!("{}: {}", yq(k), serde_json::to_string(v).unwrap_or_else(|_| "null".into())))
+        .collect();
     format!("{{{}}}", items.join(", "))
 }
 

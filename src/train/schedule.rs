@@ -140,8 +140,11 @@ impl LrSchedule {
             lr_end: kw_f64(kwargs, "lr_end")?.unwrap_or(1e-7),
             power: kw_f64(kwargs, "power")?.unwrap_or(1.0),
             // HF: `timescale = num_warmup_steps or 10_000`.
-            timescale: kw_f64(kwargs, "timescale")?
-                .unwrap_or(if warmup_steps > 0 { warmup_steps as f64 } else { 10_000.0 }),
+            timescale: kw_f64(kwargs, "timescale")?.unwrap_or(if warmup_steps > 0 {
+                warmup_steps as f64
+            } else {
+                10_000.0
+            }),
             min_lr_rate: 0.0,
             num_stable_steps: 0,
             num_decay_steps: 0,
@@ -149,19 +152,15 @@ impl LrSchedule {
             decay_shape: WsdShape::Cosine,
         };
         match kind {
-            SchedulerType::Polynomial => {
-                // HF raises unless lr_init > lr_end.
-                if base_lr.is_nan() || base_lr <= s.lr_end {
-                    crate::bail!(
-                        "polynomial schedule: lr_end ({}) must be smaller than the learning_rate ({base_lr})",
-                        s.lr_end
-                    );
-                }
+            // HF raises unless lr_init > lr_end.
+            SchedulerType::Polynomial if base_lr.is_nan() || base_lr <= s.lr_end => {
+                crate::bail!(
+                    "polynomial schedule: lr_end ({}) must be smaller than the learning_rate ({base_lr})",
+                    s.lr_end
+                );
             }
-            SchedulerType::InverseSqrt => {
-                if s.timescale.is_nan() || s.timescale <= 0.0 {
-                    crate::bail!("lr_scheduler_kwargs.timescale must be > 0, got {}", s.timescale);
-                }
+            SchedulerType::InverseSqrt if s.timescale.is_nan() || s.timescale <= 0.0 => {
+                crate::bail!("lr_scheduler_kwargs.timescale must be > 0, got {}", s.timescale);
             }
             SchedulerType::CosineWithMinLr => {
                 let min_lr = kw_f64(kwargs, "min_lr")?;
