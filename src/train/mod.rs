@@ -6,8 +6,9 @@ use crate::error::Result;
 use crate::tape::Grads;
 use crate::tensor::{Param, VarId};
 
+pub mod args;
 pub mod memory;
-
+pub mod schedule;
 pub mod step;
 pub mod trainer;
 use std::collections::HashMap;
