@@ -88,7 +88,8 @@ const OAI: &str = concat!(
     "\n"
 );
 
-const PT: &str = "{\"text\": \"The quick brown fox jumps over the lazy dog.\"}\n\n{\"text\": \"Packing joins texts.\"}\n";
+const PT: &str =
+    "{\"text\": \"The quick brown fox jumps over the lazy dog.\"}\n\n{\"text\": \"Packing joins texts.\"}\n";
 
 fn fixture_dir(name: &str) -> PathBuf {
     scratch(
@@ -138,10 +139,13 @@ fn each_format_parses() {
     assert_eq!((system.as_str(), messages[1].content.as_str()), ("Sys", "A1"));
 
     let pt = load_samples(&resolve(&d, "pt").unwrap(), DataStage::Pt, None).unwrap();
-    assert_eq!(pt, vec![
-        Sample::Text("The quick brown fox jumps over the lazy dog.".into()),
-        Sample::Text("Packing joins texts.".into())
-    ]);
+    assert_eq!(
+        pt,
+        vec![
+            Sample::Text("The quick brown fox jumps over the lazy dog.".into()),
+            Sample::Text("Packing joins texts.".into())
+        ]
+    );
     // max_samples takes the first rows.
     assert_eq!(load_samples(&resolve(&d, "pt").unwrap(), DataStage::Pt, Some(1)).unwrap().len(), 1);
 
@@ -166,8 +170,16 @@ fn registry_errors_name_the_problem() {
 #[test]
 fn bad_rows_report_file_and_row() {
     let cases: [(&str, &str, &str); 6] = [
-        ("a.jsonl", "{\"instruction\": \"q\", \"output\": \"a\"}\n\n{\"instruction\": \"q\"}\n", "row 3: missing response"),
-        ("b.json", "[{\"instruction\": \"q\", \"output\": \"a\"}, {\"instruction\": 5, \"output\": \"a\"}]", "row 2: column \"instruction\" must be a string"),
+        (
+            "a.jsonl",
+            "{\"instruction\": \"q\", \"output\": \"a\"}\n\n{\"instruction\": \"q\"}\n",
+            "row 3: missing response",
+        ),
+        (
+            "b.json",
+            "[{\"instruction\": \"q\", \"output\": \"a\"}, {\"instruction\": 5, \"output\": \"a\"}]",
+            "row 2: column \"instruction\" must be a string",
+        ),
         ("c.jsonl", "{\"conversations\": []}\n", "row 1: empty conversation"),
         (
             "d.jsonl",
@@ -261,10 +273,11 @@ fn truncation_keeps_the_response() {
 fn segment(b: &Batch, seg: u32) -> (Vec<u32>, Vec<i32>, Vec<u32>) {
     let s = b.segment_ids.as_ref().unwrap();
     let idx: Vec<usize> = (0..b.t).filter(|&i| s[i] == seg).collect();
-    (idx.iter().map(|&i| b.ids[i]).collect(), idx.iter().map(|&i| b.targets[i]).collect(), idx
-        .iter()
-        .map(|&i| b.positions[i])
-        .collect())
+    (
+        idx.iter().map(|&i| b.ids[i]).collect(),
+        idx.iter().map(|&i| b.targets[i]).collect(),
+        idx.iter().map(|&i| b.positions[i]).collect(),
+    )
 }
 
 #[test]
@@ -362,7 +375,15 @@ fn streaming_equals_prepare_and_resumes() {
     for (o, bs) in [
         (DataOptions { cutoff_len: 128, ..opts(&d, &["sg", "oai"]) }, 2),
         (DataOptions { stage: DataStage::Pt, packing: true, cutoff_len: 16, ..opts(&data, &["demo_pretrain"]) }, 3),
-        (DataOptions { stage: DataStage::Pt, cutoff_len: 32, max_samples: Some(5), ..opts(&data, &["demo_pretrain"]) }, 2),
+        (
+            DataOptions {
+                stage: DataStage::Pt,
+                cutoff_len: 32,
+                max_samples: Some(5),
+                ..opts(&data, &["demo_pretrain"])
+            },
+            2,
+        ),
     ] {
         let p = prepare(&o, &ct).unwrap();
         let want: Vec<Batch> = p.train.chunks(bs).map(|c| collate(&c.iter().collect::<Vec<_>>(), 0).unwrap()).collect();

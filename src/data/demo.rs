@@ -122,10 +122,8 @@ pub const DEMO_DATES_EVAL: usize = 50;
 pub fn demo_dates_json() -> (String, String) {
     let all = date_task(DEMO_DATES_TRAIN + DEMO_DATES_EVAL, DEMO_DATES_SEED);
     let rows = |v: &[(String, String)]| {
-        let a: Vec<serde_json::Value> = v
-            .iter()
-            .map(|(q, a)| serde_json::json!({"instruction": q, "input": "", "output": a}))
-            .collect();
+        let a: Vec<serde_json::Value> =
+            v.iter().map(|(q, a)| serde_json::json!({"instruction": q, "input": "", "output": a})).collect();
         serde_json::to_string_pretty(&a).expect("plain JSON values serialise") + "\n"
     };
     (rows(&all[..DEMO_DATES_TRAIN]), rows(&all[DEMO_DATES_TRAIN..]))
@@ -140,9 +138,10 @@ mod tests {
         assert_eq!(WEEKDAYS[weekday(2021, 3, 5)], "Friday");
         assert_eq!(WEEKDAYS[weekday(2000, 2, 29)], "Tuesday");
         assert_eq!(WEEKDAYS[weekday(1950, 1, 1)], "Sunday");
-        assert_eq!([ordinal(1), ordinal(2), ordinal(3), ordinal(11), ordinal(12), ordinal(22)], [
-            "1st", "2nd", "3rd", "11th", "12th", "22nd"
-        ]);
+        assert_eq!(
+            [ordinal(1), ordinal(2), ordinal(3), ordinal(11), ordinal(12), ordinal(22)],
+            ["1st", "2nd", "3rd", "11th", "12th", "22nd"]
+        );
     }
 
     #[test]

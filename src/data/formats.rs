@@ -11,8 +11,8 @@
 
 use super::registry::{DatasetAttr, Formatting};
 use super::{DataStage, Sample};
-use crate::tokenizer::template::Message;
 use crate::error::{Error, Result};
+use crate::tokenizer::template::Message;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
@@ -236,9 +236,9 @@ fn alpaca_row(attr: &DatasetAttr, at: &RowRef, obj: &Map<String, Value>) -> Resu
                     let pair = t.as_array().filter(|p| p.len() == 2);
                     let strs = pair.and_then(|p| Some((p[0].as_str()?, p[1].as_str()?)));
                     let Some((q, a)) = strs else {
-                        return Err(at.err(format!(
-                            "history[{i}] must be a pair of strings [prompt, response], got {t}"
-                        )));
+                        return Err(
+                            at.err(format!("history[{i}] must be a pair of strings [prompt, response], got {t}"))
+                        );
                     };
                     messages.push(msg("user", q));
                     messages.push(msg("assistant", a));
@@ -284,11 +284,11 @@ fn sharegpt_row(attr: &DatasetAttr, at: &RowRef, obj: &Map<String, Value>) -> Re
             Some(Value::String(s)) => s.clone(),
             None if m.contains_key("role") => {
                 return Err(at.err(format!(
-                    "message {} has no \"{role_tag}\" key; OpenAI-style messages need \"tags\": {{\"role_tag\": \"role\", \
+                "message {} has no \"{role_tag}\" key; OpenAI-style messages need \"tags\": {{\"role_tag\": \"role\", \
                      \"content_tag\": \"content\", \"user_tag\": \"user\", \"assistant_tag\": \"assistant\", \
                      \"system_tag\": \"system\"}} in dataset_info.json",
-                    i + 1
-                )))
+                i + 1
+            )))
             }
             _ => return Err(at.err(format!("message {} has no string \"{role_tag}\"", i + 1))),
         };
@@ -353,10 +353,9 @@ fn sharegpt_row(attr: &DatasetAttr, at: &RowRef, obj: &Map<String, Value>) -> Re
         messages.push(msg(mapped, content.clone()));
     }
     if messages.len() % 2 != 0 {
-        return Err(at.err(format!(
-            "odd number of turns ({}): a conversation must end with an assistant turn",
-            messages.len()
-        )));
+        return Err(
+            at.err(format!("odd number of turns ({}): a conversation must end with an assistant turn", messages.len()))
+        );
     }
     Ok(Sample::Chat { system, tools: tools_col(at, obj, &attr.tools)?, messages })
 }

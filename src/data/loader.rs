@@ -106,7 +106,9 @@ impl Loader {
     /// and is refused here, as is val_size (use eval_dataset).
     pub fn streaming(opts: &DataOptions, enc: Arc<ChatTokenizer>, batch_size: usize, pad_id: u32) -> Result<Self> {
         if opts.stage == DataStage::Sft && opts.packs() {
-            return Err(Error::msg("streaming: sft packing needs the whole dataset; turn packing off or streaming off"));
+            return Err(Error::msg(
+                "streaming: sft packing needs the whole dataset; turn packing off or streaming off",
+            ));
         }
         if opts.val_size > 0.0 {
             return Err(Error::msg("streaming: val_size is not supported; give an eval_dataset instead"));

@@ -209,7 +209,8 @@ fn load_split(opts: &DataOptions) -> Result<(Vec<Sample>, Vec<Sample>, usize)> {
     if opts.eval_dataset.is_empty() && opts.val_size > 0.0 {
         let n = train.len();
         // HF train_test_split: a float < 1 is a fraction (rounded up), >= 1 a row count.
-        let n_eval = if opts.val_size < 1.0 { (opts.val_size * n as f64).ceil() as usize } else { opts.val_size as usize };
+        let n_eval =
+            if opts.val_size < 1.0 { (opts.val_size * n as f64).ceil() as usize } else { opts.val_size as usize };
         if n_eval >= n {
             return Err(Error::msg(format!(
                 "val_size {} leaves no training rows (the datasets have {n} rows)",

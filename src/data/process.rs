@@ -135,11 +135,8 @@ pub fn encode_pairs(ids: &[u32], mask: &[bool], opt: &SftOptions) -> Encoded {
         let (sl, tl) = infer_seqlen(p.source.len(), p.target.len(), opt.cutoff_len - total);
         total += sl + tl;
         let mut piece_ids = p.source[..sl].to_vec();
-        let mut labels: Vec<i32> = if opt.train_on_prompt {
-            piece_ids.iter().map(|&x| x as i32).collect()
-        } else {
-            vec![IGNORE_INDEX; sl]
-        };
+        let mut labels: Vec<i32> =
+            if opt.train_on_prompt { piece_ids.iter().map(|&x| x as i32).collect() } else { vec![IGNORE_INDEX; sl] };
         let masked_turn = opt.mask_history && turn != 0;
         for (&id, &m) in p.target[..tl].iter().zip(&p.target_mask[..tl]) {
             piece_ids.push(id);
@@ -344,4 +341,45 @@ pub fn pack(examples: Vec<Example>, cutoff_len: usize, neat: bool) -> Vec<Exampl
             row
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infer_seqlen_matches_llamafactory_cases() {
+        // Target under half the budget: kept whole, source cut.
+        assert_eq!(infer_seqlen(100, 10, 64), (54, 10));
+        // Source under half: kept whole, target gets the rest.
+        assert_eq!(infer_seqlen(10, 100, 64), (10, 54));
+        // Both long: split in proportion, int(64 * 60 / 100) = 38 for the target.
+        assert_eq!(infer_seqlen(40, 60, 64), (26, 38));
+        // Fits: unchanged.
+        assert_eq!(infer_seqlen(5, 7, 64), (5, 7));
+    }
+
+    #[test]
+    fn greedy_knapsack_fills_rows_largest_first() {
+        let groups = greedy_knapsack(&[5, 3, 8, 2, 7], 10);
+        let sizes: Vec<Vec<usize>> = groups.iter().map(|g| g.iter().map(|&i| [5, 3, 8, 2, 7][i]).collect()).collect();
+        assert_eq!(sizes, vec![vec![8, 2], vec![7, 3], vec![5]]);
+    }
+
+    #[test]
+    fn pairs_split_on_the_mask_with_untrained_tail() {
+        let ids = [1, 2, 3, 4, 5, 6, 7, 8];
+        let mask = [false, false, true, true, false, true, false, false];
+        let p = split_pairs(&ids, &mask);
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].source, p[0].target), (&ids[0..2], &ids[2..4]));
+        assert_eq!((p[1].source, p[1].target), (&ids[4..5], &ids[5..8]));
+        assert_eq!(p[1].target_mask, &[true, false, false]);
+        // mask_history: only the last pair is trained; the tail stays untrained.
+        let opt = SftOptions { cutoff_len: 100, train_on_prompt: false, mask_history: true };
+        let Encoded::Kept(e, cut) = encode_pairs(&ids, &mask, &opt) else { panic!() };
+        assert!(!cut);
+        assert_eq!(e.input_ids, ids);
+        assert_eq!(e.labels, [-100, -100, -100, -100, -100, 6, -100, -100]);
+    }
 }
