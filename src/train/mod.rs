@@ -6,7 +6,12 @@ use crate::error::Result;
 use crate::tape::Grads;
 use crate::tensor::{Param, VarId};
 
+pub mod checkpoint;
+pub mod log;
 pub mod memory;
+pub mod metrics;
+pub mod plot;
+pub mod progress;
 pub mod step;
 use std::collections::HashMap;
 
