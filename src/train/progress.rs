@@ -71,6 +71,12 @@ impl Progress {
         self.is_tty
     }
 
+    /// Restarts the step clock at `now` (`Instant::now()` normally): call it right before the first step so that
+    /// model loading is not counted as step time.
+    pub fn reset_clock(&mut self, now: Instant) {
+        self.last_time = now;
+    }
+
     /// Records that `step` was reached at `now` (feeds the ETA). Steps that do not advance are ignored.
     pub fn observe(&mut self, step: usize, now: Instant) {
         if step <= self.last_step {
