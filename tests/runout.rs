@@ -331,6 +331,9 @@ fn plot_curve_writes_decodable_png() {
         .collect();
     let eval: Vec<(f64, f64)> = vec![(50.0, 1.4), (100.0, 0.9), (150.0, 0.7), (200.0, 0.65)];
     plot_curve(&p, "training loss of out", "step", "loss", &[("loss", &pts), ("eval", &eval)], true).unwrap();
+    if let Ok(keep) = std::env::var("LORAFORGE_KEEP_PLOT") {
+        std::fs::copy(&p, keep).unwrap(); // to look at it: LORAFORGE_KEEP_PLOT=/tmp/x.png cargo test --test runout plot
+    }
     let (w, h, rgb) = decode_png(&p);
     assert_eq!((w, h), (900, 600));
     assert_eq!(rgb.len(), 900 * 600 * 3);

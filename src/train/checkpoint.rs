@@ -12,6 +12,7 @@
 //!   3. An old dir: rename final -> `.old-<name>-<pid>`, rename tmp -> final, fsync parent, delete the old one.
 //!      A crash between the two renames leaves no `final` but a complete `.old-*`: `clean_stale_temp` renames
 //!      it back, so the previous checkpoint survives.
+//!
 //! Deleting a checkpoint (rotation) first renames it to `.tmp-del-<name>-<pid>`, so a half-deleted directory
 //! is never mistaken for a checkpoint; `clean_stale_temp` finishes the job.
 
@@ -285,8 +286,11 @@ pub fn save_f32_tensors(path: &Path, tensors: &[(String, Vec<usize>, &[f32])]) -
     write_safetensors(path, &out, None)
 }
 
+/// (name, shape, data) of one tensor read back by `load_f32_tensors`.
+pub type NamedF32 = (String, Vec<usize>, Vec<f32>);
+
 /// Reads back every tensor of a file written by `save_f32_tensors`, sorted by name. Non-F32 tensors are an error.
-pub fn load_f32_tensors(path: &Path) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+pub fn load_f32_tensors(path: &Path) -> Result<Vec<NamedF32>> {
     let f = SafetensorsFile::open(path)?;
     let mut out = Vec::new();
     for name in f.names() {

@@ -8,7 +8,7 @@
 //! (s_0 = w x_0 + (1 - w) x_0 = x_0). w grows with the number of points: 0.0225 for 1 point, 0.83 for 100.
 //! Files as LLaMA-Factory's `plot_loss(output_dir, keys=["loss", "eval_loss"])`: training_loss.png and
 //! training_eval_loss.png, title "training {key} of {output_dir}", x = "step" of each log_history entry.
-//! Contract easy to miss: non-finite values are skipped (a NaN loss breaks the line there instead of wrecking the
+//! Contract easy to miss: non-finite values are skipped (the line joins their neighbours, and a NaN loss cannot wreck the
 //! axis range); lines are anti-aliased by distance-to-segment coverage, drawn per curve into a coverage mask and
 //! composited once, so a translucent curve has no darker dots where its segments meet.
 

@@ -148,7 +148,7 @@ impl Progress {
             Self::write_stderr(&format!("\r{line}\x1b[K"));
             self.on_screen = true;
             self.last_printed = true;
-        } else if step % self.line_every == 0 || step >= self.total {
+        } else if step.is_multiple_of(self.line_every) || step >= self.total {
             Self::write_stderr(&format!("{line}\n"));
             self.last_printed = true;
         } else {
