@@ -7,7 +7,12 @@ use crate::tape::Grads;
 use crate::tensor::{Param, VarId};
 
 pub mod args;
+pub mod checkpoint;
+pub mod log;
 pub mod memory;
+pub mod metrics;
+pub mod plot;
+pub mod progress;
 pub mod schedule;
 pub mod step;
 pub mod trainer;
