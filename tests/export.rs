@@ -577,3 +577,42 @@ fn bad_inputs_are_errors_and_leave_nothing() {
     std::fs::remove_dir_all(&out).ok();
     std::fs::remove_dir_all(fx.base.parent().unwrap()).ok();
 }
+
+/// GGUF base -> HF directory -> GGUF again (the HF-base path: names, Q/K permutation, tokenizer
+/// metadata from tokenizer.json) gives the same logits and token ids; DoRA has no GGUF adapter form.
+#[test]
+fn hf_base_round_trips_to_gguf_and_dora_adapter_is_refused() {
+    let lora = LoraConfig { rank: 4, alpha: 8.0, use_dora: true, ..Default::default() };
+    let Some(fx) = fixture("rt", lora) else { return };
+    let out = tmp("rt-out");
+    let hf = out.join("hf");
+    export(
+        &fx.base,
+        std::slice::from_ref(&fx.adapter),
+        &ExportOptions { dtype: "float32".into(), ..opts(ExportKind::Safetensors, hf.clone()) },
+    )
+    .unwrap();
+    let gg = out.join("gguf");
+    let r = export(&hf, &[], &ExportOptions { dtype: "float32".into(), ..opts(ExportKind::Gguf, gg.clone()) }).unwrap();
+    let be = CpuBackend::new();
+    let (m, _) = load_gguf(&be, gg.join("model-f32.gguf"), &AdapterSpec::default()).unwrap();
+    let b = batch();
+    let e = max_abs(&m.logits(&b).unwrap(), &fx.model.logits(&b).unwrap());
+    eprintln!("GGUF -> HF -> GGUF f32 (DoRA merged): max abs {e:.2e}, notes {:?}", r.notes);
+    assert!(e < 1e-4, "{e}");
+    let g = GgufFile::open(gg.join("model-f32.gguf")).unwrap();
+    assert_eq!(g.get_str("tokenizer.ggml.pre").unwrap(), "smollm");
+    let t2 = Tokenizer::from_gguf(&g).unwrap();
+    let t1 = Tokenizer::from_gguf(&GgufFile::open(&fx.base).unwrap()).unwrap();
+    let s = "<|im_start|>user\nHéllo wörld 12345 😀<|im_end|>\n";
+    assert_eq!(t2.encode(s, true).unwrap(), t1.encode(s, true).unwrap());
+    assert_eq!((t2.bos_id(), t2.eos_id(), t2.stop_ids()), (t1.bos_id(), t1.eos_id(), t1.stop_ids()));
+    assert!(g.get_str("tokenizer.chat_template").unwrap().contains("<|im_start|>"));
+    let e = export(&fx.base, std::slice::from_ref(&fx.adapter), &opts(ExportKind::GgufAdapter, out.join("ad")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("DoRA adapters have no llama.cpp GGUF form"), "{e}");
+    assert!(!out.join("ad").exists());
+    std::fs::remove_dir_all(&out).ok();
+    std::fs::remove_dir_all(fx.base.parent().unwrap()).ok();
+}
