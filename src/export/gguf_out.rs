@@ -124,7 +124,7 @@ pub fn tensor_type(q: GgufQuant, t: &ExportTensor, n_layers: usize, tied: bool) 
     let is_output = t.role == Role::LmHead || (tied && t.role == Role::Embed);
     let mut ty = base;
     if is_output {
-        ty = if cols % QK_K != 0 {
+        ty = if !cols.is_multiple_of(QK_K) {
             GgmlType::Q8_0
         } else if base != GgmlType::Q8_0 {
             GgmlType::Q6_K
@@ -139,7 +139,7 @@ pub fn tensor_type(q: GgufQuant, t: &ExportTensor, n_layers: usize, tied: bool) 
         };
     }
     let mut note = None;
-    if is_k(ty) && cols % QK_K != 0 {
+    if is_k(ty) && !cols.is_multiple_of(QK_K) {
         let fb = match ty {
             GgmlType::Q4_K => GgmlType::Q5_0,
             GgmlType::Q5_K => GgmlType::Q5_1,
@@ -149,7 +149,7 @@ pub fn tensor_type(q: GgufQuant, t: &ExportTensor, n_layers: usize, tied: bool) 
             Some(format!("{}: {cols} columns is not a multiple of 256, {} -> {}", t.gguf_name(), ty.name(), fb.name()));
         ty = fb;
     }
-    if ty.block_size() == QK && cols % QK != 0 {
+    if ty.block_size() == QK && !cols.is_multiple_of(QK) {
         note = Some(format!("{}: {cols} columns is not a multiple of 32, {} -> f16", t.gguf_name(), ty.name()));
         ty = GgmlType::F16;
     }

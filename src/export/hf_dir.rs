@@ -178,6 +178,9 @@ pub(crate) fn write_json(path: &Path, v: &Value) -> Result<()> {
     std::fs::write(path, s + "\n").map_err(|e| Error::io(path, e))
 }
 
+/// One tensor of a shard: (HF name, dtype, shape, bytes).
+type ShardTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
 /// Writes the weights into `dir`: one file, or shards of at most `shard_bytes` (a tensor larger
 /// than that gets a shard of its own) plus the index. Returns the files written.
 pub fn write_weights(
@@ -187,7 +190,7 @@ pub fn write_weights(
     dtype: Dtype,
     shard_bytes: u64,
 ) -> Result<Vec<PathBuf>> {
-    let mut shards: Vec<Vec<(String, Dtype, Vec<usize>, Vec<u8>)>> = vec![Vec::new()];
+    let mut shards: Vec<Vec<ShardTensor>> = vec![Vec::new()];
     let mut cur = 0u64;
     let mut total = 0u64;
     for (t, bytes) in tensors {
@@ -226,6 +229,7 @@ pub fn write_weights(
 }
 
 /// tokenizer_config.json for a tokenizer.json built from GGUF metadata.
+#[allow(clippy::too_many_arguments)]
 pub fn tokenizer_config_json(
     tokens: &[String],
     types: &[i32],

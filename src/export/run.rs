@@ -3,6 +3,7 @@
 //! - `Safetensors`: the merged model as a Hugging Face directory (hf_dir.rs);
 //! - `Gguf`: the merged model as one GGUF file (+ an Ollama Modelfile) (gguf_out.rs, modelfile.rs);
 //! - `GgufAdapter`: each adapter as a llama.cpp GGUF LoRA (no merge).
+//!
 //! Test: tests/export.rs.
 //!
 //! Contract easy to miss: everything is written into a temporary directory beside `export_dir`
@@ -114,7 +115,7 @@ pub fn export(model_path: &Path, adapters: &[PathBuf], opts: &ExportOptions) -> 
         }
         (None, _) => GgufQuant::parse(torch_dtype)?,
     };
-    if !(opts.export_size_gb > 0.0) {
+    if opts.export_size_gb.is_nan() || opts.export_size_gb <= 0.0 {
         return Err(invalid(format!("export_size_gb must be > 0, got {}", opts.export_size_gb)));
     }
     if opts.kind == ExportKind::GgufAdapter && adapters.is_empty() {
@@ -367,15 +368,14 @@ fn write_gguf(
         w.add(k, v)?;
     }
     // Tokenizer first, so a tokenizer we cannot convert fails before the long part.
-    let stops: Vec<String>;
-    match base {
+    let stops: Vec<String> = match base {
         Base::Gguf(g) => {
             for (k, v) in tokenizer_json::gguf_tokenizer_kv(g) {
                 w.add(k, v)?;
             }
             let ids = gguf_special_ids(g);
             let tokens = g.get_str_array("tokenizer.ggml.tokens")?;
-            stops = ids.eot.iter().filter_map(|&i| tokens.get(i as usize).cloned()).collect();
+            ids.eot.iter().filter_map(|&i| tokens.get(i as usize).cloned()).collect()
         }
         Base::Hf(d) => {
             let p = d.join("tokenizer.json");
@@ -391,9 +391,9 @@ fn write_gguf(
                 w.add(k, v)?;
             }
             let t = crate::tokenizer::Tokenizer::from_file(&p)?;
-            stops = t.eot_ids().iter().filter_map(|&i| t.token_to_str(i).map(String::from)).collect();
+            t.eot_ids().iter().filter_map(|&i| t.token_to_str(i).map(String::from)).collect()
         }
-    }
+    };
     if let Some(t) = template {
         w.add("tokenizer.chat_template", t.source())?;
     }

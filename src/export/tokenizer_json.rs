@@ -195,6 +195,9 @@ pub fn gguf_tokenizer_kv(g: &GgufFile) -> Vec<(String, GgufValue)> {
     g.metadata().iter().filter(|(k, _)| k.starts_with("tokenizer.ggml.")).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
+/// GGUF metadata (key, value) pairs.
+pub type MetadataPairs = Vec<(String, GgufValue)>;
+
 /// The `tokenizer.ggml.pre` name of a tokenizer.json pre-tokenizer (None if not recognised).
 fn pre_name_of(pre: &Value) -> Option<&'static str> {
     for name in ["smollm", "llama-bpe", "qwen2", "gpt2"] {
@@ -220,11 +223,7 @@ fn normalize_pre(v: &Value) -> Value {
 
 /// `tokenizer.ggml.*` metadata from a tokenizer.json (and tokenizer_config.json, for the BOS/EOS
 /// names and flags). Returns (keys, notes).
-pub fn gguf_tokenizer_from_json(
-    tj: &Value,
-    tcfg: Option<&Value>,
-    path: &str,
-) -> Result<(Vec<(String, GgufValue)>, Vec<String>)> {
+pub fn gguf_tokenizer_from_json(tj: &Value, tcfg: Option<&Value>, path: &str) -> Result<(MetadataPairs, Vec<String>)> {
     let err = |msg: String| Error::Format { path: path.into(), msg: format!("tokenizer export: {msg}") };
     let mut notes = Vec::new();
     let model = tj.get("model").ok_or_else(|| err("no `model`".into()))?;
