@@ -49,8 +49,9 @@ use std::time::Instant;
 /// The projections `lora_target: all` means (every linear layer but the LM head, as LLaMA-Factory).
 pub const ALL_TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
-/// Marker file of a complete checkpoint (written last), with the loop's state.
-const CHECKPOINT_STATE: &str = "loraforge_checkpoint.json";
+/// The loop's state in a checkpoint (the completeness marker, checkpoint::CHECKPOINT_MARKER, is
+/// written after it, last).
+const CHECKPOINT_STATE: &str = "trainer_loop.json";
 const TRAINABLE_FILE: &str = "trainable.safetensors";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
@@ -209,7 +210,7 @@ pub fn lora_targets(args: &TrainArgs) -> Result<Vec<String>> {
         } else if ALL_TARGETS.contains(&t) {
             out.push(t.to_string());
         } else {
-            let near = crate::train::args::nearest(t, &ALL_TARGETS);
+            let near = crate::data::registry::nearest(t, &ALL_TARGETS);
             return Err(Error::msg(format!(
                 "lora_target: unknown module `{t}`{}; expected `all` or some of {}",
                 near.map(|n| format!(" (did you mean `{n}`?)")).unwrap_or_default(),
@@ -358,7 +359,7 @@ fn data_options(args: &TrainArgs) -> DataOptions {
         stage: if args.stage == Stage::Pt { DataStage::Pt } else { DataStage::Sft },
         cutoff_len: args.cutoff_len,
         max_samples: args.max_samples,
-        packing: args.packing.unwrap_or(args.stage == Stage::Pt),
+        packing: args.packing_enabled(),
         neat_packing: args.neat_packing,
         train_on_prompt: args.train_on_prompt,
         mask_history: args.mask_history,
@@ -603,6 +604,7 @@ impl<B: Backend> Trainer<B> {
     pub fn enable_progress(&mut self) {
         let mut p = Progress::new(self.total_steps, self.global_step);
         p.set_line_every(self.args.logging_steps.max(1));
+        p.reset_clock(Instant::now());
         self.progress = Some(p);
     }
 
@@ -710,13 +712,13 @@ impl<B: Backend> Trainer<B> {
         if let Some(p) = self.progress.as_mut() {
             p.update(self.global_step, out.loss, lr, out.grad_norm, report.tokens_per_s);
         }
-        let a = &self.args;
+        let a = self.args.clone();
         if self.global_step % a.logging_steps.max(1) == 0 || self.global_step == self.total_steps {
             self.log_train(&report)?;
         }
         let eval_due = match a.eval_strategy {
             EvalStrategy::No => false,
-            EvalStrategy::Steps => self.global_step % a.eval_steps.unwrap_or(a.logging_steps).max(1) == 0,
+            EvalStrategy::Steps => self.global_step % a.eval_steps_value().max(1) == 0,
             EvalStrategy::Epoch => self.epoch_boundary(),
         };
         if eval_due {
@@ -1016,7 +1018,8 @@ impl<B: Backend> Trainer<B> {
                 save_adapter(model, tmp, ac, qk, HashMap::new())?;
             }
             trainer_state.save(&tmp.join("trainer_state.json"))?;
-            write_json_atomic(&tmp.join(CHECKPOINT_STATE), &serde_json::to_value(&state)?)
+            write_json_atomic(&tmp.join(CHECKPOINT_STATE), &serde_json::to_value(&state)?)?;
+            checkpoint::write_checkpoint_marker(tmp, state.global_step)
         })?;
         checkpoint::rotate_checkpoints(&self.output_dir, self.args.save_total_limit, None)?;
         Ok(dir)
