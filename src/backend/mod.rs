@@ -13,6 +13,8 @@ pub mod cpu;
 pub mod cpu_backend;
 pub mod cuda_stub;
 pub mod wgpu_stub;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use crate::backend::cpu::attention::AttnParams;
 use crate::backend::cpu::linear_cross_entropy::CeStats;
@@ -261,6 +263,9 @@ impl std::str::FromStr for DeviceKind {
 pub fn resolve_device(kind: DeviceKind) -> Result<DeviceKind> {
     match kind {
         DeviceKind::Auto | DeviceKind::Cpu => Ok(DeviceKind::Cpu),
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => wgpu::WgpuBackend::new().map(|_| DeviceKind::Wgpu),
+        #[cfg(not(feature = "wgpu"))]
         DeviceKind::Wgpu => wgpu_stub::unavailable(),
         DeviceKind::Cuda => cuda_stub::unavailable(),
     }
