@@ -270,7 +270,7 @@ impl Ctx {
         rx.recv()
             .map_err(|_| Error::msg("wgpu: readback callback dropped"))?
             .map_err(|e| Error::msg(format!("wgpu: map: {e}")))?;
-        let out = slice.get_mapped_range().to_vec();
+        let out = slice.get_mapped_range().map_err(|e| Error::msg(format!("wgpu: map range: {e}")))?.to_vec();
         staging.unmap();
         Ok(out[..bytes as usize].to_vec())
     }

@@ -49,6 +49,11 @@ impl WgpuBackend {
         self.ctx.info.device_type == wgpu::DeviceType::Cpu
     }
 
+    /// The optional features enabled on the device (SHADER_F16, SUBGROUP when the adapter has them).
+    pub fn features(&self) -> wgpu::Features {
+        self.ctx.features
+    }
+
     /// Distinct compute pipelines compiled so far (each compiles once per process).
     pub fn pipelines_compiled(&self) -> usize {
         self.ctx.pipelines.len()

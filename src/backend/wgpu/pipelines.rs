@@ -74,9 +74,6 @@ impl Pipelines {
     pub fn len(&self) -> usize {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 
     fn module(&self, device: &wgpu::Device, shader: &'static str) -> Result<Arc<wgpu::ShaderModule>> {
         if let Some(m) = self.modules.lock().unwrap_or_else(|e| e.into_inner()).get(shader) {
