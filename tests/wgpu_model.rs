@@ -42,7 +42,13 @@ fn config(gemma: bool) -> BlockConfig {
         rms_norm_eps: 1e-5,
         norm_add_one: gemma,
         gelu: gemma,
-        rope: RopeConfig { head_dim: 8, rotary_dim: 8, theta: 10000.0, layout: RopeLayout::HalfSplit, scaling: RopeScaling::None },
+        rope: RopeConfig {
+            head_dim: 8,
+            rotary_dim: 8,
+            theta: 10000.0,
+            layout: RopeLayout::HalfSplit,
+            scaling: RopeScaling::None,
+        },
         attn_scale: 8f32.powf(-0.5),
         sliding_window: gemma.then_some(4),
         attn_softcap: gemma.then_some(20.0),
@@ -54,7 +60,8 @@ fn config(gemma: bool) -> BlockConfig {
 /// The same random model (same seeds) on backend `be`, with nonzero lora_B so LoRA matters.
 fn small<B: Backend>(be: &B, gemma: bool) -> Transformer<B> {
     let lora = LoraConfig { rank: 4, alpha: 8.0, ..Default::default() };
-    let mut m = Transformer::random(be, &config(gemma), 2, 29, &ALL, &lora, &FrozenStore::Dense, &mut Rng::new(0)).unwrap();
+    let mut m =
+        Transformer::random(be, &config(gemma), 2, 29, &ALL, &lora, &FrozenStore::Dense, &mut Rng::new(0)).unwrap();
     let mut rng = Rng::new(1);
     for p in m.params_mut().unwrap() {
         if p.name.ends_with("lora_B") {
@@ -88,7 +95,10 @@ fn tiny_transformer_loss_and_train_steps_match_cpu() {
         for step in 0..3 {
             let sg = train_step(&mut mg, &mut og, std::slice::from_ref(&b), 1e-2, true, step).unwrap();
             let sc = train_step(&mut mc, &mut oc, std::slice::from_ref(&b), 1e-2, true, step).unwrap();
-            println!("gemma={gemma} step {step}: wgpu loss {} norm {}; cpu loss {} norm {}", sg.loss, sg.grad_norm, sc.loss, sc.grad_norm);
+            println!(
+                "gemma={gemma} step {step}: wgpu loss {} norm {}; cpu loss {} norm {}",
+                sg.loss, sg.grad_norm, sc.loss, sc.grad_norm
+            );
             assert!((sg.loss - sc.loss).abs() <= 1e-5 * sc.loss.abs(), "step {step} loss {} vs {}", sg.loss, sc.loss);
             assert!((sg.grad_norm - sc.grad_norm).abs() <= 1e-4 * sc.grad_norm, "step {step} grad norm");
         }
@@ -115,7 +125,9 @@ fn smollm2_greedy_tokens_match_cpu() {
     let Some(path) = smollm2() else {
         panic!("SmolLM2-135M-Instruct.Q4_1.gguf is missing: run models/fetch.sh first");
     };
-    let prompt = [1u32, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182, 2];
+    let prompt = [
+        1u32, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182, 2,
+    ];
     let cfg = GenerateConfig { max_new_tokens: 3, ..GenerateConfig::default() };
     let (mc, _) = load_gguf(&CpuBackend::new(), &path, &AdapterSpec::default()).unwrap();
     let want = generate(&mc, &prompt, &cfg, &mut |_| true).unwrap();

@@ -82,8 +82,7 @@ fn elementwise_exact() {
         let want = cdown(&c.mul_rows(&c.upload(&x).unwrap(), &c.upload(&v).unwrap(), rows, cols).unwrap());
         assert_close(&got, &want, Tol::EXACT, "mul_rows");
         let got = down(g, &g.mul_rows_backward_v(&up(g, &dy), &up(g, &x), rows, cols).unwrap());
-        let want =
-            cdown(&c.mul_rows_backward_v(&c.upload(&dy).unwrap(), &c.upload(&x).unwrap(), rows, cols).unwrap());
+        let want = cdown(&c.mul_rows_backward_v(&c.upload(&dy).unwrap(), &c.upload(&x).unwrap(), rows, cols).unwrap());
         // f32 sum over `rows` terms of size <= 1 vs the f64 sum: error <= rows * eps = 300 * 6e-8.
         assert_close(&got, &want, Tol { abs: 2e-5, rel: 1e-5 }, "mul_rows_backward_v");
     }
@@ -146,7 +145,13 @@ fn matmul_backward_all_transposes() {
         let dc = rand_f32(&mut rng, d.batch * d.m * d.n, -1.0, 1.0);
         let (ga, gb, gbias) = g.matmul_backward(&up(g, &dc), &up(g, &a), &up(g, &b), d, (true, true, true)).unwrap();
         let (ca, cb, cbias) = c
-            .matmul_backward(&c.upload(&dc).unwrap(), &c.upload(&a).unwrap(), &c.upload(&b).unwrap(), d, (true, true, true))
+            .matmul_backward(
+                &c.upload(&dc).unwrap(),
+                &c.upload(&a).unwrap(),
+                &c.upload(&b).unwrap(),
+                d,
+                (true, true, true),
+            )
             .unwrap();
         assert_close(&down(g, &ga.unwrap()), &cdown(&ca.unwrap()), MATMUL_TOL, &format!("dA {d:?}"));
         assert_close(&down(g, &gb.unwrap()), &cdown(&cb.unwrap()), MATMUL_TOL, &format!("dB {d:?}"));
@@ -169,7 +174,12 @@ fn quant_linear_dense_weight() {
     let x = rand_f32(&mut rng, n * d_in, -1.0, 1.0);
     let dy = rand_f32(&mut rng, n * d_out, -1.0, 1.0);
     let got = down(g, &g.quant_linear(&up(g, &x), &gq, None, n).unwrap());
-    assert_close(&got, &cdown(&c.quant_linear(&c.upload(&x).unwrap(), &cq, None, n).unwrap()), MATMUL_TOL, "quant_linear");
+    assert_close(
+        &got,
+        &cdown(&c.quant_linear(&c.upload(&x).unwrap(), &cq, None, n).unwrap()),
+        MATMUL_TOL,
+        "quant_linear",
+    );
     let got = down(g, &g.quant_linear_backward(&up(g, &dy), &gq, n).unwrap());
     let want = cdown(&c.quant_linear_backward(&c.upload(&dy).unwrap(), &cq, n).unwrap());
     assert_close(&got, &want, MATMUL_TOL, "quant_linear_backward");
@@ -198,14 +208,24 @@ fn rms_norm_forward_backward() {
             let w = rand_f32(&mut rng, cols, -1.0, 1.0);
             let dout = rand_f32(&mut rng, rows * cols, -1.0, 1.0);
             let (go, gr) = g.rms_norm(&up(g, &x), &up(g, &w), rows, cols, 1e-5, add_one).unwrap();
-            let (co, cr) = c.rms_norm(&c.upload(&x).unwrap(), &c.upload(&w).unwrap(), rows, cols, 1e-5, add_one).unwrap();
+            let (co, cr) =
+                c.rms_norm(&c.upload(&x).unwrap(), &c.upload(&w).unwrap(), rows, cols, 1e-5, add_one).unwrap();
             let tol = Tol { abs: 1e-5, rel: 1e-5 };
             assert_close(&down(g, &go), &cdown(&co), tol, "rms_norm out");
             assert_close(&down(g, &gr), &cdown(&cr), tol, "rms_norm rstd");
             let (gdx, gdw) =
                 g.rms_norm_backward(&up(g, &dout), &up(g, &x), &up(g, &w), &gr, rows, cols, add_one, true).unwrap();
             let (cdx, cdw) = c
-                .rms_norm_backward(&c.upload(&dout).unwrap(), &c.upload(&x).unwrap(), &c.upload(&w).unwrap(), &cr, rows, cols, add_one, true)
+                .rms_norm_backward(
+                    &c.upload(&dout).unwrap(),
+                    &c.upload(&x).unwrap(),
+                    &c.upload(&w).unwrap(),
+                    &cr,
+                    rows,
+                    cols,
+                    add_one,
+                    true,
+                )
                 .unwrap();
             // dx subtracts two O(1) terms: abs error ~ C eps |terms|, 1e-4 at C = 1000.
             assert_close(&down(g, &gdx), &cdown(&cdx), Tol { abs: 1e-4, rel: 1e-4 }, "rms_norm dx");
@@ -222,7 +242,13 @@ fn rope_forward_backward() {
     let mut rng = Rng::new(6);
     let cfgs = [
         RopeConfig::new(8, 10000.0),
-        RopeConfig { head_dim: 10, rotary_dim: 6, theta: 500000.0, layout: RopeLayout::Interleaved, scaling: RopeScaling::None },
+        RopeConfig {
+            head_dim: 10,
+            rotary_dim: 6,
+            theta: 500000.0,
+            layout: RopeLayout::Interleaved,
+            scaling: RopeScaling::None,
+        },
         RopeConfig { scaling: RopeScaling::yarn(4.0, 64), ..RopeConfig::new(16, 10000.0) },
     ];
     for cfg in cfgs {
@@ -259,8 +285,9 @@ fn glu_forward_backward() {
             let tol = Tol { abs: 1e-6, rel: 1e-5 };
             assert_close(&got, &want, tol, "glu");
             let (gdg, gdu) = g.glu_backward(&up(g, &dout), &up(g, &gate), &up(g, &upv), gelu).unwrap();
-            let (cdg, cdu) =
-                c.glu_backward(&c.upload(&dout).unwrap(), &c.upload(&gate).unwrap(), &c.upload(&upv).unwrap(), gelu).unwrap();
+            let (cdg, cdu) = c
+                .glu_backward(&c.upload(&dout).unwrap(), &c.upload(&gate).unwrap(), &c.upload(&upv).unwrap(), gelu)
+                .unwrap();
             assert_close(&down(g, &gdg), &cdown(&cdg), tol, "glu dgate");
             assert_close(&down(g, &gdu), &cdown(&cdu), tol, "glu dup");
         }
@@ -282,7 +309,10 @@ fn dropout_matches_cpu_bit_for_bit() {
         let x = rand_f32(&mut rng, n, -1.0, 1.0);
         let got = down(g, &g.dropout(&up(g, &x), p, seed, offset).unwrap());
         let want = cdown(&c.dropout(&c.upload(&x).unwrap(), p, seed, offset).unwrap());
-        assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
         let got = down(g, &g.dropout_backward(&up(g, &x), p, seed, offset).unwrap());
         let want = cdown(&c.dropout_backward(&c.upload(&x).unwrap(), p, seed, offset).unwrap());
         assert_eq!(got, want, "dropout_backward n={n} p={p}");
@@ -321,10 +351,16 @@ fn linear_cross_entropy_forward_backward() {
         let targets: Vec<i32> = (0..n).map(|i| if i % 4 == 1 { -100 } else { rng.below(v as _) as i32 }).collect();
         let s = Some(0.25);
         let (gs, gdh, gdw) = g.linear_cross_entropy(&up(g, &h), &up(g, &w), &targets, n, cc, v, cap, s, true).unwrap();
-        let (cs, cdh, cdw) =
-            c.linear_cross_entropy(&c.upload(&h).unwrap(), &c.upload(&w).unwrap(), &targets, n, cc, v, cap, s, true).unwrap();
+        let (cs, cdh, cdw) = c
+            .linear_cross_entropy(&c.upload(&h).unwrap(), &c.upload(&w).unwrap(), &targets, n, cc, v, cap, s, true)
+            .unwrap();
         assert_eq!(gs.count, cs.count);
-        assert!((gs.loss_sum - cs.loss_sum).abs() <= 1e-5 * cs.loss_sum.abs().max(1.0), "loss {} vs {}", gs.loss_sum, cs.loss_sum);
+        assert!(
+            (gs.loss_sum - cs.loss_sum).abs() <= 1e-5 * cs.loss_sum.abs().max(1.0),
+            "loss {} vs {}",
+            gs.loss_sum,
+            cs.loss_sum
+        );
         assert_close(&down(g, &gdh.unwrap()), &cdown(&cdh.unwrap()), MATMUL_TOL, "ce dh");
         assert_close(&down(g, &gdw.unwrap()), &cdown(&cdw.unwrap()), MATMUL_TOL, "ce dw");
     }
@@ -338,7 +374,8 @@ fn attention_forward_backward() {
     let g = gpu_or_skip!();
     let c = CpuBackend::new();
     let mut rng = Rng::new(11);
-    let base = AttnParams { b: 2, t: 67, h: 4, kv_heads: 2, d: 8, scale: 0.35, causal: true, window: None, softcap: None };
+    let base =
+        AttnParams { b: 2, t: 67, h: 4, kv_heads: 2, d: 8, scale: 0.35, causal: true, window: None, softcap: None };
     let cases = [
         (base, false),
         (AttnParams { causal: false, h: 3, kv_heads: 1, d: 16, t: 13, ..base }, false),
@@ -361,7 +398,8 @@ fn attention_forward_backward() {
         assert_close(&down(g, &go), &cdown(&co), tol, &format!("attention out {p:?}"));
         assert_close(&down(g, &gl), &cdown(&cl), tol, &format!("attention lse {p:?}"));
         let (gdq, gdk, gdv) = g.attention_backward(&up(g, &dout), &gq, &gk, &gv, &go, &gl, seg, &p).unwrap();
-        let (cdq, cdk, cdv) = c.attention_backward(&c.upload(&dout).unwrap(), &cq, &ck, &cv, &co, &cl, seg, &p).unwrap();
+        let (cdq, cdk, cdv) =
+            c.attention_backward(&c.upload(&dout).unwrap(), &cq, &ck, &cv, &co, &cl, seg, &p).unwrap();
         let tol = Tol { abs: 1e-5, rel: 1e-4 };
         assert_close(&down(g, &gdq), &cdown(&cdq), tol, &format!("dq {p:?}"));
         assert_close(&down(g, &gdk), &cdown(&cdk), tol, &format!("dk {p:?}"));

@@ -12,9 +12,9 @@
 pub mod cpu;
 pub mod cpu_backend;
 pub mod cuda_stub;
-pub mod wgpu_stub;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
+pub mod wgpu_stub;
 
 use crate::backend::cpu::attention::AttnParams;
 use crate::backend::cpu::linear_cross_entropy::CeStats;

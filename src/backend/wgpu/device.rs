@@ -216,9 +216,7 @@ impl Ctx {
     /// Waits for all submitted work.
     pub fn wait(&self) -> Result<()> {
         self.flush();
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::msg(format!("wgpu: poll: {e}")))?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::msg(format!("wgpu: poll: {e}")))?;
         self.check_error()
     }
 
@@ -263,9 +261,7 @@ impl Ctx {
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::msg(format!("wgpu: poll: {e}")))?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::msg(format!("wgpu: poll: {e}")))?;
         self.check_error()?;
         rx.recv()
             .map_err(|_| Error::msg("wgpu: readback callback dropped"))?

@@ -178,7 +178,14 @@ impl WgpuBackend {
         ]
     }
 
-    fn check_attn(&self, op: &'static str, q: &WgpuStorage, k: &WgpuStorage, v: &WgpuStorage, p: &AttnParams) -> Result<()> {
+    fn check_attn(
+        &self,
+        op: &'static str,
+        q: &WgpuStorage,
+        k: &WgpuStorage,
+        v: &WgpuStorage,
+        p: &AttnParams,
+    ) -> Result<()> {
         if p.d > ATTN_DMAX {
             return Err(bad(op, format!("head dim {} > {ATTN_DMAX} (attention.wgsl DMAX)", p.d)));
         }
@@ -192,7 +199,9 @@ impl WgpuBackend {
 
     fn seg_buf(&self, op: &'static str, seg: Option<&[u32]>, p: &AttnParams) -> Result<Option<WgpuStorage>> {
         match seg {
-            Some(s) if s.len() != p.b * p.t => Err(bad(op, format!("segment_ids has {}, expected B*T = {}", s.len(), p.b * p.t))),
+            Some(s) if s.len() != p.b * p.t => {
+                Err(bad(op, format!("segment_ids has {}, expected B*T = {}", s.len(), p.b * p.t)))
+            }
             Some(s) => Ok(Some(self.upload_words(op, s)?)),
             None => Ok(None),
         }
@@ -225,7 +234,10 @@ impl WgpuBackend {
         sign: f32,
     ) -> Result<WgpuStorage> {
         if cfg.rotary_dim % 2 != 0 || cfg.rotary_dim > cfg.head_dim {
-            return Err(bad(op, format!("rotary_dim {} must be even and <= head_dim {}", cfg.rotary_dim, cfg.head_dim)));
+            return Err(bad(
+                op,
+                format!("rotary_dim {} must be even and <= head_dim {}", cfg.rotary_dim, cfg.head_dim),
+            ));
         }
         check_len(op, "x", x, b * t * nh * cfg.head_dim)?;
         if positions.len() != b * t {
@@ -268,7 +280,15 @@ impl WgpuBackend {
             "main",
             &[],
             &[Bind::R(x.b()), Bind::W(out.b())],
-            &[u(x.len), seed as u32, (seed >> 32) as u32, offset as u32, (offset >> 32) as u32, p.to_bits(), scale.to_bits()],
+            &[
+                u(x.len),
+                seed as u32,
+                (seed >> 32) as u32,
+                offset as u32,
+                (offset >> 32) as u32,
+                p.to_bits(),
+                scale.to_bits(),
+            ],
             grid_1d(x.len.div_ceil(256)),
         )?;
         Ok(out)
@@ -363,7 +383,13 @@ impl Backend for WgpuBackend {
         Ok(out)
     }
 
-    fn matmul(&self, a: &WgpuStorage, b: &WgpuStorage, bias: Option<&WgpuStorage>, d: MatmulDims) -> Result<WgpuStorage> {
+    fn matmul(
+        &self,
+        a: &WgpuStorage,
+        b: &WgpuStorage,
+        bias: Option<&WgpuStorage>,
+        d: MatmulDims,
+    ) -> Result<WgpuStorage> {
         let need_a = if d.batch == 0 { 0 } else { (d.batch - 1) * d.a_stride + d.m * d.k };
         let need_b = if d.batch == 0 { 0 } else { (d.batch - 1) * d.b_stride + d.k * d.n };
         if a.len < need_a || b.len < need_b {
@@ -400,10 +426,28 @@ impl Backend for WgpuBackend {
             let da = self.zeroed("matmul_backward", a.len)?;
             let dd = if !d.trans_a {
                 // dA (M, K) = dC (M, N) · op(B)ᵀ
-                MatmulDims { batch: d.batch, m, n: k, k: n, trans_a: false, trans_b: !d.trans_b, a_stride: m * n, b_stride: d.b_stride }
+                MatmulDims {
+                    batch: d.batch,
+                    m,
+                    n: k,
+                    k: n,
+                    trans_a: false,
+                    trans_b: !d.trans_b,
+                    a_stride: m * n,
+                    b_stride: d.b_stride,
+                }
             } else {
                 // dA (K, M) = op(B) (K, N) · dCᵀ
-                MatmulDims { batch: d.batch, m: k, n: m, k: n, trans_a: d.trans_b, trans_b: true, a_stride: d.b_stride, b_stride: m * n }
+                MatmulDims {
+                    batch: d.batch,
+                    m: k,
+                    n: m,
+                    k: n,
+                    trans_a: d.trans_b,
+                    trans_b: true,
+                    a_stride: d.b_stride,
+                    b_stride: m * n,
+                }
             };
             let (x, y) = if !d.trans_a { (dc, b) } else { (b, dc) };
             if n > 0 {
@@ -417,10 +461,28 @@ impl Backend for WgpuBackend {
             let db = self.zeroed("matmul_backward", b.len)?;
             let dd = if !d.trans_b {
                 // dB (K, N) = op(A)ᵀ (K, M) · dC (M, N)
-                MatmulDims { batch: d.batch, m: k, n, k: m, trans_a: !d.trans_a, trans_b: false, a_stride: d.a_stride, b_stride: m * n }
+                MatmulDims {
+                    batch: d.batch,
+                    m: k,
+                    n,
+                    k: m,
+                    trans_a: !d.trans_a,
+                    trans_b: false,
+                    a_stride: d.a_stride,
+                    b_stride: m * n,
+                }
             } else {
                 // dB (N, K) = dCᵀ (N, M) · op(A) (M, K)
-                MatmulDims { batch: d.batch, m: n, n: k, k: m, trans_a: true, trans_b: d.trans_a, a_stride: m * n, b_stride: d.a_stride }
+                MatmulDims {
+                    batch: d.batch,
+                    m: n,
+                    n: k,
+                    k: m,
+                    trans_a: true,
+                    trans_b: d.trans_a,
+                    a_stride: m * n,
+                    b_stride: d.a_stride,
+                }
             };
             let (x, y) = if !d.trans_b { (a, dc) } else { (dc, a) };
             if m > 0 {
@@ -448,7 +510,13 @@ impl Backend for WgpuBackend {
         };
         Ok((da, db, dbias))
     }
-    fn quant_linear(&self, x: &WgpuStorage, w: &WgpuQuant, bias: Option<&WgpuStorage>, n: usize) -> Result<WgpuStorage> {
+    fn quant_linear(
+        &self,
+        x: &WgpuStorage,
+        w: &WgpuQuant,
+        bias: Option<&WgpuStorage>,
+        n: usize,
+    ) -> Result<WgpuStorage> {
         check_len("quant_linear", "x", x, n * w.cols)?;
         self.matmul(x, &w.w, bias, MatmulDims::linear(n, w.rows, w.cols))
     }
@@ -785,19 +853,44 @@ impl Backend for WgpuBackend {
         while r0 < n {
             let rows = chunk.min(n - r0);
             // logits (rows, V) = h[r0..r0+rows] (rows, C) · Wᵀ
-            self.matmul_into(logits.b(), h.b(), w.b(), None, MatmulDims::linear(rows, v, c), (r0 * c, 0, 0), rows * v, false)?;
+            self.matmul_into(
+                logits.b(),
+                h.b(),
+                w.b(),
+                None,
+                MatmulDims::linear(rows, v, c),
+                (r0 * c, 0, 0),
+                rows * v,
+                false,
+            )?;
             dispatch(
                 &self.ctx,
                 OP,
                 "main",
                 &[],
                 &[Bind::R(tb.b()), Bind::W(logits.b()), Bind::W(loss.b())],
-                &[u(rows), u(v), u(r0), grad_scale.is_some() as u32, softcap.unwrap_or(0.0).to_bits(), (grad_scale.unwrap_or(0.0) as f32).to_bits()],
+                &[
+                    u(rows),
+                    u(v),
+                    u(r0),
+                    grad_scale.is_some() as u32,
+                    softcap.unwrap_or(0.0).to_bits(),
+                    (grad_scale.unwrap_or(0.0) as f32).to_bits(),
+                ],
                 grid_1d(rows),
             )?;
             if let Some(dh) = &dh {
                 // dh[r0..] (rows, C) = dz (rows, V) · W (V, C)
-                self.matmul_into(dh.b(), logits.b(), w.b(), None, MatmulDims::new(rows, c, v), (0, 0, r0 * c), rows * c, false)?;
+                self.matmul_into(
+                    dh.b(),
+                    logits.b(),
+                    w.b(),
+                    None,
+                    MatmulDims::new(rows, c, v),
+                    (0, 0, r0 * c),
+                    rows * c,
+                    false,
+                )?;
             }
             if let Some(dw) = &dw {
                 // dW (V, C) += dzᵀ (V, rows) · h[r0..] (rows, C)

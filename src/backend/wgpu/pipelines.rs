@@ -113,7 +113,8 @@ impl Pipelines {
             });
         }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
+        let layout =
+            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
         let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: None,
             bind_group_layouts: &[Some(&layout)],
@@ -192,7 +193,8 @@ pub fn dispatch(
         })
         .collect();
     entries.push(wgpu::BindGroupEntry { binding: binds.len() as u32, resource: ubuf.as_entire_binding() });
-    let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &c.layout, entries: &entries });
+    let bg =
+        ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &c.layout, entries: &entries });
     ctx.record(|enc| {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
         pass.set_pipeline(&c.pipeline);
