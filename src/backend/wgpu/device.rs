@@ -142,7 +142,7 @@ impl Ctx {
                 *g = Some(e.to_string());
             }
         }));
-        let max_buffer = limits.max_buffer_size.min(limits.max_storage_buffer_binding_size as u64);
+        let max_buffer = limits.max_buffer_size.min(limits.max_storage_buffer_binding_size);
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("loraforge.dummy"),
             size: 16,
@@ -164,7 +164,7 @@ impl Ctx {
     }
 
     pub fn max_binding(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
     }
 
     /// A pooled buffer for `n` f32, with an error (not a wgpu panic) past the binding limit.
@@ -227,7 +227,7 @@ impl Ctx {
         }
         // copy sizes must be multiples of 4: pad
         let mut padded;
-        let src_bytes = if bytes.len() % 4 != 0 {
+        let src_bytes = if !bytes.len().is_multiple_of(4) {
             padded = bytes.to_vec();
             padded.resize(bytes.len().div_ceil(4) * 4, 0);
             &padded[..]

@@ -189,7 +189,7 @@ impl WgpuBackend {
         if p.d > ATTN_DMAX {
             return Err(bad(op, format!("head dim {} > {ATTN_DMAX} (attention.wgsl DMAX)", p.d)));
         }
-        if p.kv_heads == 0 || p.h % p.kv_heads != 0 {
+        if p.kv_heads == 0 || !p.h.is_multiple_of(p.kv_heads) {
             return Err(bad(op, format!("heads {} not a multiple of kv heads {}", p.h, p.kv_heads)));
         }
         check_len(op, "q", q, p.b * p.t * p.h * p.d)?;
@@ -233,7 +233,7 @@ impl WgpuBackend {
         nh: usize,
         sign: f32,
     ) -> Result<WgpuStorage> {
-        if cfg.rotary_dim % 2 != 0 || cfg.rotary_dim > cfg.head_dim {
+        if !cfg.rotary_dim.is_multiple_of(2) || cfg.rotary_dim > cfg.head_dim {
             return Err(bad(
                 op,
                 format!("rotary_dim {} must be even and <= head_dim {}", cfg.rotary_dim, cfg.head_dim),
@@ -753,7 +753,7 @@ impl Backend for WgpuBackend {
     }
 
     fn embedding(&self, ids: &[u32], table: &WgpuStorage, c: usize) -> Result<WgpuStorage> {
-        if c == 0 || table.len % c != 0 {
+        if c == 0 || !table.len.is_multiple_of(c) {
             return Err(bad("embedding", format!("table of {} elements is not (V, {c})", table.len)));
         }
         let v = table.len / c;
