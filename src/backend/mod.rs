@@ -12,6 +12,8 @@
 pub mod cpu;
 pub mod cpu_backend;
 pub mod cuda_stub;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 pub mod wgpu_stub;
 
 use crate::backend::cpu::attention::AttnParams;
@@ -261,6 +263,9 @@ impl std::str::FromStr for DeviceKind {
 pub fn resolve_device(kind: DeviceKind) -> Result<DeviceKind> {
     match kind {
         DeviceKind::Auto | DeviceKind::Cpu => Ok(DeviceKind::Cpu),
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => wgpu::WgpuBackend::new().map(|_| DeviceKind::Wgpu),
+        #[cfg(not(feature = "wgpu"))]
         DeviceKind::Wgpu => wgpu_stub::unavailable(),
         DeviceKind::Cuda => cuda_stub::unavailable(),
     }

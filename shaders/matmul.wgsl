@@ -1,0 +1,92 @@
+// matmul.wgsl: C = op(A) · op(B) (+ bias), batched, register-blocked.
+// Spec: src/backend/cpu/matmul.rs (`matmul_forward`)   Test: tests/wgpu_ops.rs (matmul_*)
+// Variants (override constants): TRANS_A, TRANS_B. The backward is two calls of this kernel with
+// transposes flipped (see src/backend/wgpu/ops.rs `matmul_backward`), no separate shader.
+//
+// Tiling: a workgroup of 16x16 threads computes a 64x64 tile of C; each thread a 4x4 block held in
+// registers. K advances 16 at a time through two workgroup tiles stored as vec4 (4 rows of A /
+// 4 columns of B per word), so the inner loop is 2 vec4 loads + 16 FMAs per k. The global loads are
+// arranged so consecutive threads read consecutive addresses for either transpose.
+// Contract easy to miss: `accumulate` = 1 makes C += result (backward into an existing gradient).
+override TRANS_A: bool = false;  // A stored (K, M) instead of (M, K)
+override TRANS_B: bool = false;  // B stored (N, K) instead of (K, N)
+
+struct Params {
+    m: u32, n: u32, k: u32,
+    a_off: u32,       // element offset of batch item 0 in a
+    b_off: u32,
+    c_off: u32,
+    a_bs: u32,        // elements between batch items (0 = broadcast)
+    b_bs: u32,
+    c_bs: u32,
+    has_bias: u32,    // bias (N) added to every row
+    accumulate: u32,  // 1: C += A·B
+};
+@group(0) @binding(0) var<storage, read>       a:    array<f32>;  // (batch, M, K) or (batch, K, M)
+@group(0) @binding(1) var<storage, read>       b:    array<f32>;  // (batch, K, N) or (batch, N, K)
+@group(0) @binding(2) var<storage, read>       bias: array<f32>;  // (N) when has_bias
+@group(0) @binding(3) var<storage, read_write> c:    array<f32>;  // (batch, M, N)
+@group(0) @binding(4) var<uniform>             p:    Params;
+
+const BM: u32 = 64u;
+const BN: u32 = 64u;
+const BK: u32 = 16u;
+var<workgroup> As: array<vec4<f32>, 256>;  // [BK][BM/4]
+var<workgroup> Bs: array<vec4<f32>, 256>;  // [BK][BN/4]
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = wid.y * BM;
+    let col0 = wid.x * BN;
+    let tid = lid.y * 16u + lid.x;
+    let a0 = p.a_off + wid.z * p.a_bs;
+    let b0 = p.b_off + wid.z * p.b_bs;
+    var acc: array<vec4<f32>, 4>;  // acc[i] = C[row0 + 4 ly + i, col0 + 4 lx .. +4]
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        for (var e = 0u; e < 4u; e++) {
+            let idx = tid + e * 256u;  // 0..1023 over the 16x64 tile
+            var kk: u32;
+            var mm: u32;
+            if (TRANS_A) { mm = idx % BM; kk = idx / BM; } else { kk = idx % BK; mm = idx / BK; }
+            let gm = row0 + mm;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (gm < p.m && gk < p.k) {
+                if (TRANS_A) { v = a[a0 + gk * p.m + gm]; } else { v = a[a0 + gm * p.k + gk]; }
+            }
+            As[kk * 16u + mm / 4u][mm % 4u] = v;
+            var nn: u32;
+            if (TRANS_B) { kk = idx % BK; nn = idx / BK; } else { nn = idx % BN; kk = idx / BN; }
+            let gn = col0 + nn;
+            let gk2 = k0 + kk;
+            var w = 0.0;
+            if (gn < p.n && gk2 < p.k) {
+                if (TRANS_B) { w = b[b0 + gn * p.k + gk2]; } else { w = b[b0 + gk2 * p.n + gn]; }
+            }
+            Bs[kk * 16u + nn / 4u][nn % 4u] = w;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let av = As[kk * 16u + lid.y];
+            let bv = Bs[kk * 16u + lid.x];
+            acc[0] += av.x * bv;
+            acc[1] += av.y * bv;
+            acc[2] += av.z * bv;
+            acc[3] += av.w * bv;
+        }
+        workgroupBarrier();
+    }
+    let c0 = p.c_off + wid.z * p.c_bs;
+    for (var i = 0u; i < 4u; i++) {
+        let gr = row0 + lid.y * 4u + i;
+        if (gr >= p.m) { break; }
+        for (var j = 0u; j < 4u; j++) {
+            let gc = col0 + lid.x * 4u + j;
+            if (gc >= p.n) { break; }
+            var v = acc[i][j];
+            if (p.has_bias != 0u) { v += bias[gc]; }
+            let o = c0 + gr * p.n + gc;
+            if (p.accumulate != 0u) { c[o] = c[o] + v; } else { c[o] = v; }
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Adapter selection, the device context, and the one command stream every op records into.
+//!
+//! Adapter order: discrete GPU, then integrated, then virtual; a software adapter (lavapipe,
+//! llvmpipe, WARP: `DeviceType::Cpu`) only when `LORAFORGE_ALLOW_SOFTWARE_ADAPTER=1`, because it is
+//! far slower than the CPU backend. No adapter is an `Error`, never a panic.
+//!
+//! Command stream: ops record compute passes (and buffer copies) into one pending `CommandEncoder`;
+//! it is submitted when `MAX_PENDING` passes have gathered, or when the host needs results
+//! (`download`, `sync`). Uploads are recorded as copies from a fresh staging buffer into the same
+//! encoder, never with `queue.write_buffer` (which would run BEFORE already-recorded work and could
+//! overwrite a pooled buffer that earlier work still reads).
+
+use super::pipelines::Pipelines;
+use super::pool::{Pool, PooledBuffer};
+use crate::error::{Error, Result};
+use std::sync::{Arc, Mutex};
+use wgpu::util::DeviceExt;
+
+/// Env variable that allows software adapters.
+pub const ALLOW_SOFTWARE_ENV: &str = "LORAFORGE_ALLOW_SOFTWARE_ADAPTER";
+/// Passes recorded before the encoder is submitted (bounds the host-side command memory and
+/// lets the GPU start early; small enough to keep latency low).
+const MAX_PENDING: usize = 64;
+
+pub struct Ctx {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+    pub pool: Arc<Pool>,
+    pub pipelines: Pipelines,
+    /// A 16-byte storage buffer bound where a shader's binding is unused by the call (in-place ops).
+    pub dummy: wgpu::Buffer,
+    pending: Mutex<Pending>,
+    /// The first uncaptured device error (validation, out of memory), reported at the next sync.
+    error: Arc<Mutex<Option<String>>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    encoder: Option<wgpu::CommandEncoder>,
+    passes: usize,
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+fn software_allowed() -> bool {
+    std::env::var(ALLOW_SOFTWARE_ENV).map(|v| v == "1").unwrap_or(false)
+}
+
+/// Lower ranks are preferred; None = not usable (software without the env variable).
+fn rank(info: &wgpu::AdapterInfo, allow_software: bool) -> Option<u32> {
+    use wgpu::DeviceType::*;
+    match info.device_type {
+        DiscreteGpu => Some(0),
+        IntegratedGpu => Some(1),
+        VirtualGpu => Some(2),
+        Other => Some(3),
+        Cpu => allow_software.then_some(4),
+    }
+}
+
+fn adapters() -> Vec<wgpu::Adapter> {
+    pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()))
+}
+
+/// One line per adapter this machine exposes: name, backend, type, notable features, key limits.
+/// For `loraforge info --devices`.
+pub fn describe_adapters() -> Vec<String> {
+    adapters()
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            let f = a.features();
+            let l = a.limits();
+            let mut feats = Vec::new();
+            if f.contains(wgpu::Features::SHADER_F16) {
+                feats.push("SHADER_F16");
+            }
+            if f.contains(wgpu::Features::SUBGROUP) {
+                feats.push("SUBGROUP");
+            }
+            if f.contains(wgpu::Features::TIMESTAMP_QUERY) {
+                feats.push("TIMESTAMP_QUERY");
+            }
+            let usable = match rank(&i, software_allowed()) {
+                Some(_) => "",
+                None => " [software: set LORAFORGE_ALLOW_SOFTWARE_ADAPTER=1 to use]",
+            };
+            format!(
+                "{} ({:?}, {:?}, driver {} {}) features [{}] max_storage_binding {} MiB, max_buffer {} MiB, \
+                 max_workgroup_invocations {}, max_workgroup_storage {} KiB{}",
+                i.name,
+                i.backend,
+                i.device_type,
+                i.driver,
+                i.driver_info,
+                feats.join(", "),
+                l.max_storage_buffer_binding_size >> 20,
+                l.max_buffer_size >> 20,
+                l.max_compute_invocations_per_workgroup,
+                l.max_compute_workgroup_storage_size >> 10,
+                usable
+            )
+        })
+        .collect()
+}
+
+impl Ctx {
+    /// Picks the best usable adapter and opens a device on it.
+    pub fn new() -> Result<Arc<Ctx>> {
+        let allow = software_allowed();
+        let mut cands: Vec<(u32, wgpu::Adapter)> =
+            adapters().into_iter().filter_map(|a| rank(&a.get_info(), allow).map(|r| (r, a))).collect();
+        // Prefer Vulkan/Metal/DX12 over GL at equal rank (GL compute is limited).
+        cands.sort_by_key(|(r, a)| (*r, a.get_info().backend == wgpu::Backend::Gl));
+        let Some((_, adapter)) = cands.into_iter().next() else {
+            return Err(Error::msg(format!(
+                "wgpu: no GPU adapter found; set {ALLOW_SOFTWARE_ENV}=1 to use a software one"
+            )));
+        };
+        let info = adapter.get_info();
+        let features = adapter.features() & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
+        // Ask for the adapter's own limits: the defaults cap storage bindings at 128 MiB and
+        // workgroup storage at 16 KiB, less than most GPUs have.
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("loraforge"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::msg(format!("wgpu: request_device on {}: {e}", info.name)))?;
+        let error = Arc::new(Mutex::new(None::<String>));
+        let sink = error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut g = sink.lock().unwrap_or_else(|p| p.into_inner());
+            if g.is_none() {
+                *g = Some(e.to_string());
+            }
+        }));
+        let max_buffer = limits.max_buffer_size.min(limits.max_storage_buffer_binding_size);
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("loraforge.dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(Arc::new(Ctx {
+            dummy,
+            pool: Pool::new(max_buffer),
+            pipelines: Pipelines::default(),
+            device,
+            queue,
+            info,
+            features,
+            limits,
+            pending: Mutex::new(Pending::default()),
+            error,
+        }))
+    }
+
+    pub fn max_binding(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+    }
+
+    /// A pooled buffer for `n` f32, with an error (not a wgpu panic) past the binding limit.
+    pub fn alloc(&self, op: &'static str, n: usize) -> Result<PooledBuffer> {
+        let bytes = (n as u64 * 4).max(4);
+        if bytes > self.max_binding() {
+            return Err(Error::OutOfMemory {
+                device: format!("{} (max storage binding; op {op})", self.info.name),
+                need: bytes,
+                available: self.max_binding(),
+            });
+        }
+        Ok(self.pool.get(&self.device, bytes))
+    }
+
+    /// Runs `f` on the pending encoder (created if needed); submits when enough passes gathered.
+    pub fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let enc = p.encoder.get_or_insert_with(|| {
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("loraforge.ops") })
+        });
+        f(enc);
+        p.passes += 1;
+        if p.passes >= MAX_PENDING {
+            let enc = p.encoder.take().expect("just inserted");
+            p.passes = 0;
+            self.queue.submit([enc.finish()]);
+        }
+    }
+
+    /// Submits the pending encoder, if any.
+    pub fn flush(&self) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(enc) = p.encoder.take() {
+            p.passes = 0;
+            self.queue.submit([enc.finish()]);
+        }
+    }
+
+    /// The first device error since the last check, as an `Error`.
+    pub fn check_error(&self) -> Result<()> {
+        let mut g = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        match g.take() {
+            Some(e) => Err(Error::msg(format!("wgpu device error: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for all submitted work.
+    pub fn wait(&self) -> Result<()> {
+        self.flush();
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::msg(format!("wgpu: poll: {e}")))?;
+        self.check_error()
+    }
+
+    /// Records a copy of `bytes` into `dst` (at byte offset `dst_off`), ordered with all other work.
+    pub fn write(&self, dst: &wgpu::Buffer, dst_off: u64, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        // copy sizes must be multiples of 4: pad
+        let mut padded;
+        let src_bytes = if !bytes.len().is_multiple_of(4) {
+            padded = bytes.to_vec();
+            padded.resize(bytes.len().div_ceil(4) * 4, 0);
+            &padded[..]
+        } else {
+            bytes
+        };
+        let staging = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("loraforge.upload"),
+            contents: src_bytes,
+            usage: wgpu::BufferUsages::COPY_SRC,
+        });
+        self.record(|enc| enc.copy_buffer_to_buffer(&staging, 0, dst, dst_off, src_bytes.len() as u64));
+    }
+
+    /// Reads `bytes` bytes of `src` from byte offset `off` (submits and waits).
+    pub fn read(&self, src: &wgpu::Buffer, off: u64, bytes: u64) -> Result<Vec<u8>> {
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let size = bytes.div_ceil(4) * 4;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("loraforge.readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.record(|enc| enc.copy_buffer_to_buffer(src, off, &staging, 0, size));
+        self.flush();
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::msg(format!("wgpu: poll: {e}")))?;
+        self.check_error()?;
+        rx.recv()
+            .map_err(|_| Error::msg("wgpu: readback callback dropped"))?
+            .map_err(|e| Error::msg(format!("wgpu: map: {e}")))?;
+        let out = slice.get_mapped_range().map_err(|e| Error::msg(format!("wgpu: map range: {e}")))?.to_vec();
+        staging.unmap();
+        Ok(out[..bytes as usize].to_vec())
+    }
+}

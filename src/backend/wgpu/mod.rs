@@ -1,0 +1,66 @@
+//! `WgpuBackend`: the `Backend` trait on wgpu with hand-written WGSL (shaders/*.wgsl), so the model
+//! and training code run on any Vulkan/Metal/DX12 GPU unchanged (`Transformer<WgpuBackend>`).
+//! Every kernel is tested against its CPU spec in tests/wgpu_ops.rs.
+//!
+//! - device.rs:    adapter choice (hardware first; software only with LORAFORGE_ALLOW_SOFTWARE_ADAPTER=1),
+//!   the one recorded command stream, uploads and readbacks.
+//! - pool.rs:      size-bucketed buffer pool with current/peak accounting (`memory()`).
+//! - pipelines.rs: `KernelKey` pipeline cache and the dispatch helper.
+//! - ops.rs:       `impl Backend for WgpuBackend`: shape checks, then one or a few launches per op.
+//!
+//! Activations are f32. Frozen quantized weights are decoded to f32 on upload (see `WgpuQuant`).
+
+mod device;
+mod ops;
+mod pipelines;
+mod pool;
+
+pub use device::{describe_adapters, ALLOW_SOFTWARE_ENV};
+pub use ops::{WgpuQuant, WgpuStorage};
+
+use crate::error::Result;
+use std::sync::Arc;
+
+/// The wgpu backend: a cheap handle (Arc) to one device context.
+#[derive(Clone)]
+pub struct WgpuBackend {
+    ctx: Arc<device::Ctx>,
+}
+
+impl std::fmt::Debug for WgpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WgpuBackend({})", self.ctx.info.name)
+    }
+}
+
+impl WgpuBackend {
+    /// Opens the best usable adapter (see device.rs). `Err` when there is none: never a panic.
+    pub fn new() -> Result<Self> {
+        Ok(WgpuBackend { ctx: device::Ctx::new()? })
+    }
+
+    /// The adapter in use, as `describe_adapters` prints it (name, backend, type).
+    pub fn adapter_name(&self) -> String {
+        format!("{} ({:?}, {:?})", self.ctx.info.name, self.ctx.info.backend, self.ctx.info.device_type)
+    }
+
+    /// Is the adapter a software rasterizer (lavapipe, llvmpipe)?
+    pub fn is_software(&self) -> bool {
+        self.ctx.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The optional features enabled on the device (SHADER_F16, SUBGROUP when the adapter has them).
+    pub fn features(&self) -> wgpu::Features {
+        self.ctx.features
+    }
+
+    /// Distinct compute pipelines compiled so far (each compiles once per process).
+    pub fn pipelines_compiled(&self) -> usize {
+        self.ctx.pipelines.len()
+    }
+
+    /// Bytes held by idle buffers in the pool (not counted in `memory().current`).
+    pub fn pool_cached_bytes(&self) -> u64 {
+        self.ctx.pool.stats().2
+    }
+}

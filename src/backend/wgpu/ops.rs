@@ -1,0 +1,971 @@
+//! `impl Backend for WgpuBackend`: user-facing checks (lengths, ids, D limits) return `Error`, then
+//! each op records one or a few dispatches of its shader (shaders/<op>.wgsl). Nothing here waits for
+//! the GPU except the methods that must hand a value to the host (`download`, `grad_norm_sq`,
+//! `linear_cross_entropy`'s loss, `sync`). Backward methods return fresh (=) gradients, as the
+//! trait asks; the specs' `+=` contract is met by zeroing first where a kernel accumulates.
+//!
+//! Host-side parts, all marked `// FALLBACK(cpu)`: `upload_quant` decodes the frozen weight to f32
+//! on the host (the `DequantRows` trait exposes no raw blocks to a GPU kernel yet), and
+//! `row_norms` (DoRA only) downloads and computes on the host.
+
+use super::pipelines::{dispatch, grid_1d, Bind};
+use super::pool::PooledBuffer;
+use super::WgpuBackend;
+use crate::backend::cpu::attention::AttnParams;
+use crate::backend::cpu::linear_cross_entropy::{CeStats, IGNORE_INDEX};
+use crate::backend::cpu::matmul::MatmulDims;
+use crate::backend::cpu::rope::{rope_inv_freq, RopeConfig, RopeLayout};
+use crate::backend::{AdamWParams, Backend, HostQuant, MemoryStats};
+use crate::error::{Error, Result};
+use std::sync::Arc;
+
+/// A device buffer of `len` f32 (the pooled buffer may be larger).
+pub struct WgpuStorage {
+    buf: Arc<PooledBuffer>,
+    len: usize,
+}
+
+impl WgpuStorage {
+    fn b(&self) -> &wgpu::Buffer {
+        self.buf.buf()
+    }
+}
+
+/// A frozen weight (rows, cols) = (d_out, d_in) on the device, decoded to f32.
+pub struct WgpuQuant {
+    w: WgpuStorage,
+    rows: usize,
+    cols: usize,
+    format: String,
+}
+
+/// Largest head dim attention.wgsl keeps in registers (its `DMAX`).
+const ATTN_DMAX: usize = 256;
+/// Logits scratch per cross-entropy chunk: tokens per chunk = this / (4 V), at most 256 (as the CPU).
+const CE_SCRATCH_BYTES: usize = 64 << 20;
+/// Elements per `sum_sq` workgroup (reduce.wgsl `CHUNK`).
+const SUM_SQ_CHUNK: usize = 4096;
+
+fn bad(op: &'static str, msg: String) -> Error {
+    Error::InvalidArgument { op, msg }
+}
+
+fn check_len(op: &'static str, what: &str, s: &WgpuStorage, want: usize) -> Result<()> {
+    if s.len != want {
+        return Err(bad(op, format!("{what} has {} elements, expected {want}", s.len)));
+    }
+    Ok(())
+}
+
+fn u(x: usize) -> u32 {
+    x as u32
+}
+
+impl WgpuBackend {
+    fn alloc(&self, op: &'static str, n: usize) -> Result<WgpuStorage> {
+        Ok(WgpuStorage { buf: Arc::new(self.ctx.alloc(op, n)?), len: n })
+    }
+
+    fn zeroed(&self, op: &'static str, n: usize) -> Result<WgpuStorage> {
+        let s = self.alloc(op, n)?;
+        self.clear(&s);
+        Ok(s)
+    }
+
+    fn clear(&self, s: &WgpuStorage) {
+        self.ctx.record(|enc| enc.clear_buffer(s.b(), 0, None));
+    }
+
+    fn upload_words(&self, op: &'static str, words: &[u32]) -> Result<WgpuStorage> {
+        let s = self.alloc(op, words.len())?;
+        self.ctx.write(s.b(), 0, bytemuck::cast_slice(words));
+        Ok(s)
+    }
+
+    /// One elementwise.wgsl launch over `n` threads.
+    #[allow(clippy::too_many_arguments)]
+    fn ew(
+        &self,
+        entry: &'static str,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        n: usize,
+        c: usize,
+        s: f32,
+        rows: usize,
+    ) -> Result<()> {
+        dispatch(
+            &self.ctx,
+            "elementwise",
+            entry,
+            &[],
+            &[Bind::R(a), Bind::R(b), Bind::W(out)],
+            &[u(n), u(c), s.to_bits(), u(rows)],
+            grid_1d(n.div_ceil(256)),
+        )
+    }
+
+    /// out (+)= op(A) · op(B) (+ bias) with element offsets into a, b, out (see matmul.wgsl).
+    /// `out_bs` is the output's batch stride; 0 sums every batch item into one matrix (by
+    /// launching once per item with accumulate, in batch order).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_into(
+        &self,
+        out: &wgpu::Buffer,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+        d: MatmulDims,
+        offs: (usize, usize, usize),
+        out_bs: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        let ov = [("TRANS_A", d.trans_a as u32 as f64), ("TRANS_B", d.trans_b as u32 as f64)];
+        let groups = |batch: usize| ((d.n.div_ceil(64)) as u32, (d.m.div_ceil(64)) as u32, batch as u32);
+        let launch = |a_off: usize, b_off: usize, c_off: usize, batch: usize, acc: bool| {
+            dispatch(
+                &self.ctx,
+                "matmul",
+                "main",
+                &ov,
+                &[Bind::R(a), Bind::R(b), Bind::R(bias.unwrap_or(a)), Bind::W(out)],
+                &[
+                    u(d.m),
+                    u(d.n),
+                    u(d.k),
+                    u(a_off),
+                    u(b_off),
+                    u(c_off),
+                    u(d.a_stride),
+                    u(d.b_stride),
+                    u(out_bs),
+                    bias.is_some() as u32,
+                    acc as u32,
+                ],
+                groups(batch),
+            )
+        };
+        if out_bs == 0 && d.batch > 1 {
+            for bt in 0..d.batch {
+                launch(offs.0 + bt * d.a_stride, offs.1 + bt * d.b_stride, offs.2, 1, accumulate || bt > 0)?;
+            }
+            Ok(())
+        } else {
+            // Batches beyond the 65535 grid limit are split.
+            let mut bt = 0;
+            while bt < d.batch.max(1) {
+                let nb = (d.batch - bt).min(65535);
+                launch(offs.0 + bt * d.a_stride, offs.1 + bt * d.b_stride, offs.2 + bt * out_bs, nb, accumulate)?;
+                bt += nb;
+            }
+            Ok(())
+        }
+    }
+
+    fn attn_params(p: &AttnParams, has_seg: bool) -> Vec<u32> {
+        vec![
+            u(p.b),
+            u(p.t),
+            u(p.h),
+            u(p.kv_heads),
+            u(p.d),
+            p.scale.to_bits(),
+            p.causal as u32,
+            p.window.map_or(u32::MAX, |w| w.min(u32::MAX as usize - 1) as u32),
+            p.softcap.unwrap_or(0.0).to_bits(),
+            has_seg as u32,
+        ]
+    }
+
+    fn check_attn(
+        &self,
+        op: &'static str,
+        q: &WgpuStorage,
+        k: &WgpuStorage,
+        v: &WgpuStorage,
+        p: &AttnParams,
+    ) -> Result<()> {
+        if p.d > ATTN_DMAX {
+            return Err(bad(op, format!("head dim {} > {ATTN_DMAX} (attention.wgsl DMAX)", p.d)));
+        }
+        if p.kv_heads == 0 || !p.h.is_multiple_of(p.kv_heads) {
+            return Err(bad(op, format!("heads {} not a multiple of kv heads {}", p.h, p.kv_heads)));
+        }
+        check_len(op, "q", q, p.b * p.t * p.h * p.d)?;
+        check_len(op, "k", k, p.b * p.t * p.kv_heads * p.d)?;
+        check_len(op, "v", v, p.b * p.t * p.kv_heads * p.d)
+    }
+
+    fn seg_buf(&self, op: &'static str, seg: Option<&[u32]>, p: &AttnParams) -> Result<Option<WgpuStorage>> {
+        match seg {
+            Some(s) if s.len() != p.b * p.t => {
+                Err(bad(op, format!("segment_ids has {}, expected B*T = {}", s.len(), p.b * p.t)))
+            }
+            Some(s) => Ok(Some(self.upload_words(op, s)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// (B*T, rot/2, 2) table of m cos(pos inv_freq), m sin(pos inv_freq), in f64 then rounded once.
+    fn rope_table(&self, positions: &[u32], cfg: &RopeConfig) -> Result<WgpuStorage> {
+        let (inv_freq, m) = rope_inv_freq(cfg);
+        let mut cs = Vec::with_capacity(positions.len() * inv_freq.len() * 2);
+        for &pos in positions {
+            for &f in &inv_freq {
+                let a = pos as f64 * f;
+                cs.push((m * a.cos()) as f32);
+                cs.push((m * a.sin()) as f32);
+            }
+        }
+        self.upload(&cs)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rope_launch(
+        &self,
+        op: &'static str,
+        x: &WgpuStorage,
+        positions: &[u32],
+        cfg: &RopeConfig,
+        b: usize,
+        t: usize,
+        nh: usize,
+        sign: f32,
+    ) -> Result<WgpuStorage> {
+        if !cfg.rotary_dim.is_multiple_of(2) || cfg.rotary_dim > cfg.head_dim {
+            return Err(bad(
+                op,
+                format!("rotary_dim {} must be even and <= head_dim {}", cfg.rotary_dim, cfg.head_dim),
+            ));
+        }
+        check_len(op, "x", x, b * t * nh * cfg.head_dim)?;
+        if positions.len() != b * t {
+            return Err(bad(op, format!("positions has {}, expected B*T = {}", positions.len(), b * t)));
+        }
+        let out = self.alloc(op, x.len)?;
+        if cfg.rotary_dim == 0 {
+            self.ew("scale", x.b(), x.b(), out.b(), x.len, 1, 1.0, 0)?;
+            return Ok(out);
+        }
+        let cs = self.rope_table(positions, cfg)?;
+        dispatch(
+            &self.ctx,
+            "rope",
+            "main",
+            &[],
+            &[Bind::R(x.b()), Bind::R(cs.b()), Bind::W(out.b())],
+            &[
+                u(x.len),
+                u(nh),
+                u(cfg.head_dim),
+                u(cfg.rotary_dim),
+                (cfg.layout == RopeLayout::Interleaved) as u32,
+                sign.to_bits(),
+            ],
+            grid_1d(x.len.div_ceil(256)),
+        )?;
+        Ok(out)
+    }
+
+    fn dropout_launch(&self, x: &WgpuStorage, p: f32, seed: u64, offset: u64) -> Result<WgpuStorage> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(bad("dropout", format!("p = {p} must be in [0, 1)")));
+        }
+        let out = self.alloc("dropout", x.len)?;
+        let scale = crate::backend::cpu::dropout::dropout_scale(p);
+        dispatch(
+            &self.ctx,
+            "dropout",
+            "main",
+            &[],
+            &[Bind::R(x.b()), Bind::W(out.b())],
+            &[
+                u(x.len),
+                seed as u32,
+                (seed >> 32) as u32,
+                offset as u32,
+                (offset >> 32) as u32,
+                p.to_bits(),
+                scale.to_bits(),
+            ],
+            grid_1d(x.len.div_ceil(256)),
+        )?;
+        Ok(out)
+    }
+}
+
+impl Backend for WgpuBackend {
+    type Storage = WgpuStorage;
+    type QStorage = WgpuQuant;
+
+    fn name(&self) -> String {
+        format!("wgpu ({})", self.adapter_name())
+    }
+
+    fn zeros(&self, n: usize) -> Result<WgpuStorage> {
+        self.zeroed("zeros", n)
+    }
+    fn upload(&self, data: &[f32]) -> Result<WgpuStorage> {
+        let s = self.alloc("upload", data.len())?;
+        self.ctx.write(s.b(), 0, bytemuck::cast_slice(data));
+        Ok(s)
+    }
+    fn download(&self, s: &WgpuStorage) -> Result<Vec<f32>> {
+        let bytes = self.ctx.read(s.b(), 0, s.len as u64 * 4)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+    fn len(&self, s: &WgpuStorage) -> usize {
+        s.len
+    }
+    fn upload_quant(&self, q: HostQuant) -> Result<WgpuQuant> {
+        // FALLBACK(cpu): decoded to f32 on the host. Fused dequant kernels need the raw blocks,
+        // which `DequantRows` does not expose.
+        let (rows, cols) = (q.rows(), q.cols());
+        let mut data = vec![0.0f32; rows * cols];
+        for (r, row) in data.chunks_mut(cols.max(1)).enumerate().take(rows) {
+            q.dequantize_row(r, row);
+        }
+        Ok(WgpuQuant { w: self.upload(&data)?, rows, cols, format: q.format_name() })
+    }
+    fn quant_shape(&self, q: &WgpuQuant) -> (usize, usize) {
+        (q.rows, q.cols)
+    }
+    fn quant_format(&self, q: &WgpuQuant) -> String {
+        q.format.clone()
+    }
+    fn dequantize(&self, q: &WgpuQuant) -> Result<WgpuStorage> {
+        let out = self.alloc("dequantize", q.w.len)?;
+        self.ew("scale", q.w.b(), q.w.b(), out.b(), q.w.len, 1, 1.0, 0)?;
+        Ok(out)
+    }
+    fn sync(&self) -> Result<()> {
+        self.ctx.wait()
+    }
+    fn memory(&self) -> MemoryStats {
+        let (current, peak, _) = self.ctx.pool.stats();
+        MemoryStats { current, peak }
+    }
+
+    fn add(&self, a: &WgpuStorage, b: &WgpuStorage) -> Result<WgpuStorage> {
+        check_len("add", "rhs", b, a.len)?;
+        let out = self.alloc("add", a.len)?;
+        self.ew("add", a.b(), b.b(), out.b(), a.len, 1, 0.0, 0)?;
+        Ok(out)
+    }
+    fn add_assign(&self, dst: &mut WgpuStorage, src: &WgpuStorage) -> Result<()> {
+        check_len("add_assign", "src", src, dst.len)?;
+        self.ew("add_assign", src.b(), src.b(), dst.b(), dst.len, 1, 0.0, 0)
+    }
+    fn mul(&self, a: &WgpuStorage, b: &WgpuStorage) -> Result<WgpuStorage> {
+        check_len("mul", "rhs", b, a.len)?;
+        let out = self.alloc("mul", a.len)?;
+        self.ew("mul", a.b(), b.b(), out.b(), a.len, 1, 0.0, 0)?;
+        Ok(out)
+    }
+    fn scale(&self, a: &WgpuStorage, s: f32) -> Result<WgpuStorage> {
+        let out = self.alloc("scale", a.len)?;
+        self.ew("scale", a.b(), a.b(), out.b(), a.len, 1, s, 0)?;
+        Ok(out)
+    }
+    fn mul_rows(&self, x: &WgpuStorage, v: &WgpuStorage, rows: usize, c: usize) -> Result<WgpuStorage> {
+        check_len("mul_rows", "x", x, rows * c)?;
+        check_len("mul_rows", "v", v, c)?;
+        let out = self.alloc("mul_rows", x.len)?;
+        self.ew("mul_rows", x.b(), v.b(), out.b(), x.len, c.max(1), 0.0, rows)?;
+        Ok(out)
+    }
+    fn mul_rows_backward_v(&self, dy: &WgpuStorage, x: &WgpuStorage, rows: usize, c: usize) -> Result<WgpuStorage> {
+        check_len("mul_rows_backward_v", "dy", dy, rows * c)?;
+        check_len("mul_rows_backward_v", "x", x, rows * c)?;
+        let out = self.alloc("mul_rows_backward_v", c)?;
+        self.ew("mul_rows_backward_v", dy.b(), x.b(), out.b(), c, c, 0.0, rows)?;
+        Ok(out)
+    }
+
+    fn matmul(
+        &self,
+        a: &WgpuStorage,
+        b: &WgpuStorage,
+        bias: Option<&WgpuStorage>,
+        d: MatmulDims,
+    ) -> Result<WgpuStorage> {
+        let need_a = if d.batch == 0 { 0 } else { (d.batch - 1) * d.a_stride + d.m * d.k };
+        let need_b = if d.batch == 0 { 0 } else { (d.batch - 1) * d.b_stride + d.k * d.n };
+        if a.len < need_a || b.len < need_b {
+            return Err(bad("matmul", format!("{d:?} needs a >= {need_a}, b >= {need_b}; got {}, {}", a.len, b.len)));
+        }
+        if let Some(bias) = bias {
+            check_len("matmul", "bias", bias, d.n)?;
+        }
+        let out = self.alloc("matmul", d.batch * d.m * d.n)?;
+        if d.k == 0 {
+            // No products: out = bias (or 0).
+            self.clear(&out);
+            if let Some(bias) = bias {
+                let rows = d.batch * d.m;
+                let ones = self.upload(&vec![1.0; rows * d.n])?;
+                self.ew("mul_rows", ones.b(), bias.b(), out.b(), rows * d.n, d.n.max(1), 0.0, rows)?;
+            }
+            return Ok(out);
+        }
+        self.matmul_into(out.b(), a.b(), b.b(), bias.map(|b| b.b()), d, (0, 0, 0), d.m * d.n, false)?;
+        Ok(out)
+    }
+    fn matmul_backward(
+        &self,
+        dc: &WgpuStorage,
+        a: &WgpuStorage,
+        b: &WgpuStorage,
+        d: MatmulDims,
+        need: (bool, bool, bool),
+    ) -> Result<(Option<WgpuStorage>, Option<WgpuStorage>, Option<WgpuStorage>)> {
+        check_len("matmul_backward", "dc", dc, d.batch * d.m * d.n)?;
+        let (m, n, k) = (d.m, d.n, d.k);
+        let da = if need.0 {
+            let da = self.zeroed("matmul_backward", a.len)?;
+            let dd = if !d.trans_a {
+                // dA (M, K) = dC (M, N) · op(B)ᵀ
+                MatmulDims {
+                    batch: d.batch,
+                    m,
+                    n: k,
+                    k: n,
+                    trans_a: false,
+                    trans_b: !d.trans_b,
+                    a_stride: m * n,
+                    b_stride: d.b_stride,
+                }
+            } else {
+                // dA (K, M) = op(B) (K, N) · dCᵀ
+                MatmulDims {
+                    batch: d.batch,
+                    m: k,
+                    n: m,
+                    k: n,
+                    trans_a: d.trans_b,
+                    trans_b: true,
+                    a_stride: d.b_stride,
+                    b_stride: m * n,
+                }
+            };
+            let (x, y) = if !d.trans_a { (dc, b) } else { (b, dc) };
+            if n > 0 {
+                self.matmul_into(da.b(), x.b(), y.b(), None, dd, (0, 0, 0), d.a_stride, true)?;
+            }
+            Some(da)
+        } else {
+            None
+        };
+        let db = if need.1 {
+            let db = self.zeroed("matmul_backward", b.len)?;
+            let dd = if !d.trans_b {
+                // dB (K, N) = op(A)ᵀ (K, M) · dC (M, N)
+                MatmulDims {
+                    batch: d.batch,
+                    m: k,
+                    n,
+                    k: m,
+                    trans_a: !d.trans_a,
+                    trans_b: false,
+                    a_stride: d.a_stride,
+                    b_stride: m * n,
+                }
+            } else {
+                // dB (N, K) = dCᵀ (N, M) · op(A) (M, K)
+                MatmulDims {
+                    batch: d.batch,
+                    m: n,
+                    n: k,
+                    k: m,
+                    trans_a: true,
+                    trans_b: d.trans_a,
+                    a_stride: m * n,
+                    b_stride: d.a_stride,
+                }
+            };
+            let (x, y) = if !d.trans_b { (a, dc) } else { (dc, a) };
+            if m > 0 {
+                self.matmul_into(db.b(), x.b(), y.b(), None, dd, (0, 0, 0), d.b_stride, true)?;
+            }
+            Some(db)
+        } else {
+            None
+        };
+        let dbias = if need.2 {
+            let out = self.alloc("matmul_backward", n)?;
+            let rows = d.batch * m;
+            dispatch(
+                &self.ctx,
+                "reduce",
+                "col_sum",
+                &[],
+                &[Bind::R(dc.b()), Bind::W(out.b())],
+                &[u(rows), u(n), 0, 0],
+                grid_1d(n.div_ceil(256)),
+            )?;
+            Some(out)
+        } else {
+            None
+        };
+        Ok((da, db, dbias))
+    }
+    fn quant_linear(
+        &self,
+        x: &WgpuStorage,
+        w: &WgpuQuant,
+        bias: Option<&WgpuStorage>,
+        n: usize,
+    ) -> Result<WgpuStorage> {
+        check_len("quant_linear", "x", x, n * w.cols)?;
+        self.matmul(x, &w.w, bias, MatmulDims::linear(n, w.rows, w.cols))
+    }
+    fn quant_linear_backward(&self, dy: &WgpuStorage, w: &WgpuQuant, n: usize) -> Result<WgpuStorage> {
+        check_len("quant_linear_backward", "dy", dy, n * w.rows)?;
+        // dx (N, d_in) = dy (N, d_out) · W (d_out, d_in)
+        self.matmul(dy, &w.w, None, MatmulDims::new(n, w.cols, w.rows))
+    }
+    fn row_norms(&self, w: &WgpuQuant, delta: Option<&WgpuStorage>) -> Result<WgpuStorage> {
+        // FALLBACK(cpu): DoRA's row norms are computed on the host (download, f64 sum, upload).
+        let (rows, cols) = (w.rows, w.cols);
+        let wd = self.download(&w.w)?;
+        let dd = match delta {
+            Some(d) => {
+                check_len("row_norms", "delta", d, rows * cols)?;
+                Some(self.download(d)?)
+            }
+            None => None,
+        };
+        let out: Vec<f32> = (0..rows)
+            .map(|r| {
+                let mut acc = 0.0f64;
+                for j in 0..cols {
+                    let v = wd[r * cols + j] as f64 + dd.as_ref().map_or(0.0, |d| d[r * cols + j] as f64);
+                    acc += v * v;
+                }
+                acc.sqrt() as f32
+            })
+            .collect();
+        self.upload(&out)
+    }
+
+    fn rms_norm(
+        &self,
+        x: &WgpuStorage,
+        w: &WgpuStorage,
+        rows: usize,
+        c: usize,
+        eps: f32,
+        add_one: bool,
+    ) -> Result<(WgpuStorage, WgpuStorage)> {
+        check_len("rms_norm", "x", x, rows * c)?;
+        check_len("rms_norm", "weight", w, c)?;
+        let out = self.alloc("rms_norm", rows * c)?;
+        let rstd = self.alloc("rms_norm", rows)?;
+        dispatch(
+            &self.ctx,
+            "rms_norm",
+            "main",
+            &[],
+            &[Bind::R(x.b()), Bind::R(w.b()), Bind::W(out.b()), Bind::W(rstd.b())],
+            &[u(rows), u(c), eps.to_bits(), add_one as u32],
+            grid_1d(rows),
+        )?;
+        Ok((out, rstd))
+    }
+    fn rms_norm_backward(
+        &self,
+        dout: &WgpuStorage,
+        x: &WgpuStorage,
+        w: &WgpuStorage,
+        rstd: &WgpuStorage,
+        rows: usize,
+        c: usize,
+        add_one: bool,
+        need_dw: bool,
+    ) -> Result<(WgpuStorage, Option<WgpuStorage>)> {
+        check_len("rms_norm_backward", "dout", dout, rows * c)?;
+        check_len("rms_norm_backward", "x", x, rows * c)?;
+        check_len("rms_norm_backward", "rstd", rstd, rows)?;
+        let params = [u(rows), u(c), add_one as u32, 0];
+        let launch = |entry: &'static str, dst: &WgpuStorage, groups| {
+            dispatch(
+                &self.ctx,
+                "rms_norm_backward",
+                entry,
+                &[],
+                &[Bind::R(dout.b()), Bind::R(x.b()), Bind::R(w.b()), Bind::R(rstd.b()), Bind::W(dst.b())],
+                &params,
+                groups,
+            )
+        };
+        let dx = self.alloc("rms_norm_backward", rows * c)?;
+        launch("dx", &dx, grid_1d(rows))?;
+        let dw = if need_dw {
+            let dw = self.alloc("rms_norm_backward", c)?;
+            launch("dw", &dw, grid_1d(c.div_ceil(256)))?;
+            Some(dw)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+    fn rope(
+        &self,
+        x: &WgpuStorage,
+        positions: &[u32],
+        cfg: &RopeConfig,
+        b: usize,
+        t: usize,
+        nh: usize,
+    ) -> Result<WgpuStorage> {
+        self.rope_launch("rope", x, positions, cfg, b, t, nh, 1.0)
+    }
+    fn rope_backward(
+        &self,
+        dout: &WgpuStorage,
+        positions: &[u32],
+        cfg: &RopeConfig,
+        b: usize,
+        t: usize,
+        nh: usize,
+    ) -> Result<WgpuStorage> {
+        self.rope_launch("rope_backward", dout, positions, cfg, b, t, nh, -1.0)
+    }
+    fn attention(
+        &self,
+        q: &WgpuStorage,
+        k: &WgpuStorage,
+        v: &WgpuStorage,
+        segment_ids: Option<&[u32]>,
+        p: &AttnParams,
+    ) -> Result<(WgpuStorage, WgpuStorage)> {
+        self.check_attn("attention", q, k, v, p)?;
+        let seg = self.seg_buf("attention", segment_ids, p)?;
+        let out = self.alloc("attention", q.len)?;
+        let lse = self.alloc("attention", p.b * p.h * p.t)?;
+        dispatch(
+            &self.ctx,
+            "attention",
+            "main",
+            &[],
+            &[
+                Bind::R(q.b()),
+                Bind::R(k.b()),
+                Bind::R(v.b()),
+                Bind::R(seg.as_ref().map_or(q.b(), |s| s.b())),
+                Bind::W(out.b()),
+                Bind::W(lse.b()),
+            ],
+            &Self::attn_params(p, seg.is_some()),
+            grid_1d((p.b * p.h * p.t).div_ceil(64)),
+        )?;
+        Ok((out, lse))
+    }
+    fn attention_backward(
+        &self,
+        dout: &WgpuStorage,
+        q: &WgpuStorage,
+        k: &WgpuStorage,
+        v: &WgpuStorage,
+        out: &WgpuStorage,
+        lse: &WgpuStorage,
+        segment_ids: Option<&[u32]>,
+        p: &AttnParams,
+    ) -> Result<(WgpuStorage, WgpuStorage, WgpuStorage)> {
+        self.check_attn("attention_backward", q, k, v, p)?;
+        check_len("attention_backward", "dout", dout, q.len)?;
+        check_len("attention_backward", "out", out, q.len)?;
+        check_len("attention_backward", "lse", lse, p.b * p.h * p.t)?;
+        let seg = self.seg_buf("attention_backward", segment_ids, p)?;
+        let delta = self.alloc("attention_backward", p.b * p.h * p.t)?;
+        let dq = self.alloc("attention_backward", q.len)?;
+        let dk = self.alloc("attention_backward", k.len)?;
+        let dv = self.alloc("attention_backward", v.len)?;
+        let params = Self::attn_params(p, seg.is_some());
+        let sb = seg.as_ref().map_or(q.b(), |s| s.b());
+        let launch = |entry: &'static str, g0: &WgpuStorage, g1: &WgpuStorage, threads: usize| {
+            dispatch(
+                &self.ctx,
+                "attention_backward",
+                entry,
+                &[],
+                &[
+                    Bind::R(q.b()),
+                    Bind::R(k.b()),
+                    Bind::R(v.b()),
+                    Bind::R(dout.b()),
+                    Bind::R(lse.b()),
+                    Bind::R(sb),
+                    Bind::W(delta.b()),
+                    Bind::W(g0.b()),
+                    Bind::W(g1.b()),
+                ],
+                &params,
+                grid_1d(threads.div_ceil(64)),
+            )
+        };
+        launch("dq", &dq, out, p.b * p.h * p.t)?;
+        launch("dkv", &dk, &dv, p.b * p.kv_heads * p.t)?;
+        Ok((dq, dk, dv))
+    }
+    fn glu(&self, gate: &WgpuStorage, up: &WgpuStorage, gelu: bool) -> Result<WgpuStorage> {
+        check_len("glu", "up", up, gate.len)?;
+        let out = self.alloc("glu", gate.len)?;
+        dispatch(
+            &self.ctx,
+            "glu",
+            "main",
+            &[("GELU", gelu as u32 as f64)],
+            &[Bind::R(gate.b()), Bind::R(up.b()), Bind::W(out.b())],
+            &[u(gate.len)],
+            grid_1d(gate.len.div_ceil(256)),
+        )?;
+        Ok(out)
+    }
+    fn glu_backward(
+        &self,
+        dout: &WgpuStorage,
+        gate: &WgpuStorage,
+        up: &WgpuStorage,
+        gelu: bool,
+    ) -> Result<(WgpuStorage, WgpuStorage)> {
+        check_len("glu_backward", "up", up, gate.len)?;
+        check_len("glu_backward", "dout", dout, gate.len)?;
+        let dg = self.alloc("glu_backward", gate.len)?;
+        let du = self.alloc("glu_backward", gate.len)?;
+        dispatch(
+            &self.ctx,
+            "glu_backward",
+            "main",
+            &[("GELU", gelu as u32 as f64)],
+            &[Bind::R(dout.b()), Bind::R(gate.b()), Bind::R(up.b()), Bind::W(dg.b()), Bind::W(du.b())],
+            &[u(gate.len)],
+            grid_1d(gate.len.div_ceil(256)),
+        )?;
+        Ok((dg, du))
+    }
+    fn dropout(&self, x: &WgpuStorage, p: f32, seed: u64, offset: u64) -> Result<WgpuStorage> {
+        self.dropout_launch(x, p, seed, offset)
+    }
+    fn dropout_backward(&self, dout: &WgpuStorage, p: f32, seed: u64, offset: u64) -> Result<WgpuStorage> {
+        self.dropout_launch(dout, p, seed, offset)
+    }
+
+    fn embedding(&self, ids: &[u32], table: &WgpuStorage, c: usize) -> Result<WgpuStorage> {
+        if c == 0 || !table.len.is_multiple_of(c) {
+            return Err(bad("embedding", format!("table of {} elements is not (V, {c})", table.len)));
+        }
+        let v = table.len / c;
+        if let Some(&bad_id) = ids.iter().find(|&&i| i as usize >= v) {
+            return Err(Error::IndexOutOfRange { op: "embedding", index: bad_id as usize, size: v });
+        }
+        let out = self.alloc("embedding", ids.len() * c)?;
+        let idb = self.upload_words("embedding", ids)?;
+        dispatch(
+            &self.ctx,
+            "embedding",
+            "main",
+            &[],
+            &[Bind::R(table.b()), Bind::R(idb.b()), Bind::W(out.b())],
+            &[u(ids.len() * c), u(c)],
+            grid_1d((ids.len() * c).div_ceil(256)),
+        )?;
+        Ok(out)
+    }
+    fn embedding_quant(&self, ids: &[u32], table: &WgpuQuant) -> Result<WgpuStorage> {
+        self.embedding(ids, &table.w, table.cols)
+    }
+    fn embedding_backward(&self, dout: &WgpuStorage, ids: &[u32], v: usize, c: usize) -> Result<WgpuStorage> {
+        check_len("embedding_backward", "dout", dout, ids.len() * c)?;
+        if let Some(&bad_id) = ids.iter().find(|&&i| i as usize >= v) {
+            return Err(Error::IndexOutOfRange { op: "embedding_backward", index: bad_id as usize, size: v });
+        }
+        let dt = self.zeroed("embedding_backward", v * c)?;
+        if ids.is_empty() || c == 0 {
+            return Ok(dt);
+        }
+        // CSR of positions grouped by id, in position order within an id (a stable sort), so the
+        // sums run in the same order as the spec's loop.
+        let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+        order.sort_by_key(|&i| ids[i as usize]);
+        let mut uniq = Vec::new();
+        let mut start = Vec::new();
+        for (k, &i) in order.iter().enumerate() {
+            if uniq.last() != Some(&ids[i as usize]) {
+                uniq.push(ids[i as usize]);
+                start.push(k as u32);
+            }
+        }
+        start.push(order.len() as u32);
+        let nu = uniq.len();
+        let meta: Vec<u32> = uniq.into_iter().chain(start).chain(order).collect();
+        let mb = self.upload_words("embedding_backward", &meta)?;
+        dispatch(
+            &self.ctx,
+            "embedding_backward",
+            "main",
+            &[],
+            &[Bind::R(dout.b()), Bind::R(mb.b()), Bind::W(dt.b())],
+            &[u(nu), u(c)],
+            grid_1d((nu * c).div_ceil(256)),
+        )?;
+        Ok(dt)
+    }
+    fn linear_cross_entropy(
+        &self,
+        h: &WgpuStorage,
+        w: &WgpuStorage,
+        targets: &[i32],
+        n: usize,
+        c: usize,
+        v: usize,
+        softcap: Option<f32>,
+        grad_scale: Option<f64>,
+        need_dw: bool,
+    ) -> Result<(CeStats, Option<WgpuStorage>, Option<WgpuStorage>)> {
+        const OP: &str = "linear_cross_entropy";
+        check_len(OP, "h", h, n * c)?;
+        check_len(OP, "w", w, v * c)?;
+        if targets.len() != n {
+            return Err(bad(OP, format!("targets has {}, expected N = {n}", targets.len())));
+        }
+        if let Some(&t) = targets.iter().find(|&&t| t != IGNORE_INDEX && (t < 0 || t as usize >= v)) {
+            return Err(bad(OP, format!("target {t} out of range for vocab {v} (and not {IGNORE_INDEX})")));
+        }
+        let dh = match grad_scale {
+            Some(_) => Some(self.zeroed(OP, n * c)?),
+            None => None,
+        };
+        let dw = match (grad_scale, need_dw) {
+            (Some(_), true) => Some(self.zeroed(OP, v * c)?),
+            _ => None,
+        };
+        let count = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
+        if n == 0 {
+            return Ok((CeStats { loss_sum: 0.0, count }, dh, dw));
+        }
+        let chunk = (CE_SCRATCH_BYTES / (4 * v.max(1))).clamp(1, 256).min(n);
+        let logits = self.alloc(OP, chunk * v)?;
+        let tb = self.upload_words(OP, bytemuck::cast_slice(targets))?;
+        let loss = self.alloc(OP, n)?;
+        let mut r0 = 0;
+        while r0 < n {
+            let rows = chunk.min(n - r0);
+            // logits (rows, V) = h[r0..r0+rows] (rows, C) · Wᵀ
+            self.matmul_into(
+                logits.b(),
+                h.b(),
+                w.b(),
+                None,
+                MatmulDims::linear(rows, v, c),
+                (r0 * c, 0, 0),
+                rows * v,
+                false,
+            )?;
+            dispatch(
+                &self.ctx,
+                OP,
+                "main",
+                &[],
+                &[Bind::R(tb.b()), Bind::W(logits.b()), Bind::W(loss.b())],
+                &[
+                    u(rows),
+                    u(v),
+                    u(r0),
+                    grad_scale.is_some() as u32,
+                    softcap.unwrap_or(0.0).to_bits(),
+                    (grad_scale.unwrap_or(0.0) as f32).to_bits(),
+                ],
+                grid_1d(rows),
+            )?;
+            if let Some(dh) = &dh {
+                // dh[r0..] (rows, C) = dz (rows, V) · W (V, C)
+                self.matmul_into(
+                    dh.b(),
+                    logits.b(),
+                    w.b(),
+                    None,
+                    MatmulDims::new(rows, c, v),
+                    (0, 0, r0 * c),
+                    rows * c,
+                    false,
+                )?;
+            }
+            if let Some(dw) = &dw {
+                // dW (V, C) += dzᵀ (V, rows) · h[r0..] (rows, C)
+                let d = MatmulDims { trans_a: true, ..MatmulDims::new(v, c, rows) };
+                self.matmul_into(dw.b(), logits.b(), h.b(), None, d, (0, r0 * c, 0), v * c, true)?;
+            }
+            r0 += rows;
+        }
+        let losses = self.download(&loss)?;
+        let loss_sum = losses.iter().zip(targets).filter(|(_, &t)| t != IGNORE_INDEX).map(|(&l, _)| l as f64).sum();
+        Ok((CeStats { loss_sum, count }, dh, dw))
+    }
+
+    fn adamw_step(
+        &self,
+        param: &mut WgpuStorage,
+        grad: &WgpuStorage,
+        m: &mut WgpuStorage,
+        v: &mut WgpuStorage,
+        p: &AdamWParams,
+    ) -> Result<()> {
+        check_len("adamw_step", "grad", grad, param.len)?;
+        check_len("adamw_step", "m", m, param.len)?;
+        check_len("adamw_step", "v", v, param.len)?;
+        if p.step == 0 {
+            return Err(bad("adamw_step", "step is 1-based".into()));
+        }
+        let t = p.step.min(i32::MAX as u64) as i32;
+        let decay = 1.0 - p.lr * p.weight_decay;
+        let step_size = p.lr / (1.0 - p.beta1.powi(t));
+        let bc2_sqrt = (1.0 - p.beta2.powi(t)).sqrt();
+        let f = |x: f64| (x as f32).to_bits();
+        dispatch(
+            &self.ctx,
+            "adamw",
+            "main",
+            &[],
+            &[Bind::R(grad.b()), Bind::W(param.b()), Bind::W(m.b()), Bind::W(v.b())],
+            &[
+                u(param.len),
+                f(decay),
+                f(step_size),
+                f(bc2_sqrt),
+                f(p.eps),
+                f(p.beta1),
+                f(1.0 - p.beta1),
+                f(p.beta2),
+                f(1.0 - p.beta2),
+            ],
+            grid_1d(param.len.div_ceil(256)),
+        )
+    }
+    fn grad_norm_sq(&self, grads: &[&WgpuStorage]) -> Result<f64> {
+        let total: usize = grads.iter().map(|g| g.len.div_ceil(SUM_SQ_CHUNK)).sum();
+        if total == 0 {
+            return Ok(0.0);
+        }
+        let parts = self.alloc("grad_norm_sq", total)?;
+        let mut off = 0;
+        for g in grads {
+            let groups = g.len.div_ceil(SUM_SQ_CHUNK);
+            dispatch(
+                &self.ctx,
+                "reduce",
+                "sum_sq",
+                &[],
+                &[Bind::R(g.b()), Bind::W(parts.b())],
+                &[u(g.len), 0, u(off), 0],
+                grid_1d(groups),
+            )?;
+            off += groups;
+        }
+        Ok(self.download(&parts)?.iter().map(|&x| x as f64).sum())
+    }
+    fn scale_in_place(&self, s: &mut WgpuStorage, k: f32) -> Result<()> {
+        self.ew("scale_in_place", &self.ctx.dummy, &self.ctx.dummy, s.b(), s.len, 1, k, 0)
+    }
+}

@@ -1,0 +1,205 @@
+//! Compute pipelines cached by a readable key, and the one dispatch helper every op uses.
+//!
+//! `KernelKey` = (shader file, entry point, override constants, binding layout); Display gives e.g.
+//! `matmul.main[TRANS_A=0,TRANS_B=1]{rrwu}`. Each key compiles once per process (drivers recompile
+//! WGSL on every run, so first use is expensive; cubecl/ratchet do the same). Compile and validation
+//! errors come back as `Error` carrying naga's message (caught with an error scope), never a panic.
+//!
+//! Binding convention of every shader: storage buffers at bindings 0..n in the order the launcher
+//! passes them (read-only or read-write), then the `Params` uniform at binding n.
+
+use super::device::Ctx;
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use wgpu::util::DeviceExt;
+
+/// The WGSL source of a shader file in shaders/.
+fn source(shader: &str) -> Option<&'static str> {
+    Some(match shader {
+        "elementwise" => include_str!("../../../shaders/elementwise.wgsl"),
+        "matmul" => include_str!("../../../shaders/matmul.wgsl"),
+        "reduce" => include_str!("../../../shaders/reduce.wgsl"),
+        "rms_norm" => include_str!("../../../shaders/rms_norm.wgsl"),
+        "rms_norm_backward" => include_str!("../../../shaders/rms_norm_backward.wgsl"),
+        "glu" => include_str!("../../../shaders/glu.wgsl"),
+        "glu_backward" => include_str!("../../../shaders/glu_backward.wgsl"),
+        "rope" => include_str!("../../../shaders/rope.wgsl"),
+        "embedding" => include_str!("../../../shaders/embedding.wgsl"),
+        "embedding_backward" => include_str!("../../../shaders/embedding_backward.wgsl"),
+        "adamw" => include_str!("../../../shaders/adamw.wgsl"),
+        "dropout" => include_str!("../../../shaders/dropout.wgsl"),
+        "linear_cross_entropy" => include_str!("../../../shaders/linear_cross_entropy.wgsl"),
+        "attention" => include_str!("../../../shaders/attention.wgsl"),
+        "attention_backward" => include_str!("../../../shaders/attention_backward.wgsl"),
+        _ => return None,
+    })
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KernelKey {
+    pub shader: &'static str,
+    pub entry: &'static str,
+    /// Override constants, rendered "NAME=value,...".
+    pub variant: String,
+    /// One letter per storage binding: r (read) or w (read_write); then u for the params uniform.
+    pub layout: String,
+}
+
+impl std::fmt::Display for KernelKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}[{}]{{{}}}", self.shader, self.entry, self.variant, self.layout)
+    }
+}
+
+/// A storage buffer argument.
+pub enum Bind<'a> {
+    R(&'a wgpu::Buffer),
+    W(&'a wgpu::Buffer),
+}
+
+struct Compiled {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+#[derive(Default)]
+pub struct Pipelines {
+    modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
+    cache: Mutex<HashMap<KernelKey, Arc<Compiled>>>,
+}
+
+impl Pipelines {
+    /// Number of distinct pipelines compiled so far.
+    pub fn len(&self) -> usize {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn module(&self, device: &wgpu::Device, shader: &'static str) -> Result<Arc<wgpu::ShaderModule>> {
+        if let Some(m) = self.modules.lock().unwrap_or_else(|e| e.into_inner()).get(shader) {
+            return Ok(m.clone());
+        }
+        let src = source(shader).ok_or_else(|| Error::msg(format!("wgpu: unknown shader `{shader}`")))?;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(shader),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::msg(format!("wgpu: compiling shaders/{shader}.wgsl: {e}")));
+        }
+        let m = Arc::new(m);
+        self.modules.lock().unwrap_or_else(|e| e.into_inner()).insert(shader, m.clone());
+        Ok(m)
+    }
+
+    fn get(&self, device: &wgpu::Device, key: &KernelKey, overrides: &[(&str, f64)]) -> Result<Arc<Compiled>> {
+        if let Some(c) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return Ok(c.clone());
+        }
+        let module = self.module(device, key.shader)?;
+        let mut entries = Vec::new();
+        for (i, ch) in key.layout.chars().enumerate() {
+            let ty = match ch {
+                'r' => wgpu::BufferBindingType::Storage { read_only: true },
+                'w' => wgpu::BufferBindingType::Storage { read_only: false },
+                _ => wgpu::BufferBindingType::Uniform,
+            };
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None },
+                count: None,
+            });
+        }
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let layout =
+            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
+        let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: None,
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let label = key.to_string();
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: Some(&pl),
+            module: &module,
+            entry_point: Some(key.entry),
+            compilation_options: wgpu::PipelineCompilationOptions { constants: overrides, ..Default::default() },
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::msg(format!("wgpu: creating pipeline {label}: {e}")));
+        }
+        let c = Arc::new(Compiled { pipeline, layout });
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), c.clone());
+        Ok(c)
+    }
+}
+
+/// Max workgroups along one dispatch dimension (WebGPU's default limit).
+pub const MAX_GROUPS: u32 = 65535;
+
+/// A 1-D grid of `n` workgroups folded into (x, y) so x <= 65535. Shaders recover the flat index as
+/// `wid.y * nwg.x + wid.x` and bounds-check it.
+pub fn grid_1d(n: usize) -> (u32, u32, u32) {
+    let n = n.max(1) as u64;
+    if n <= MAX_GROUPS as u64 {
+        (n as u32, 1, 1)
+    } else {
+        let y = n.div_ceil(MAX_GROUPS as u64);
+        (n.div_ceil(y) as u32, y as u32, 1)
+    }
+}
+
+/// Records one dispatch of `shader.entry` with the given overrides, storage buffers and params
+/// (u32 words; f32 fields are passed as `to_bits`).
+#[allow(clippy::too_many_arguments)]
+pub fn dispatch(
+    ctx: &Ctx,
+    shader: &'static str,
+    entry: &'static str,
+    overrides: &[(&str, f64)],
+    binds: &[Bind<'_>],
+    params: &[u32],
+    groups: (u32, u32, u32),
+) -> Result<()> {
+    if groups.0 == 0 || groups.1 == 0 || groups.2 == 0 {
+        return Ok(());
+    }
+    let mut layout: String = binds.iter().map(|b| if matches!(b, Bind::R(_)) { 'r' } else { 'w' }).collect();
+    layout.push('u');
+    let variant = overrides.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    let key = KernelKey { shader, entry, variant, layout };
+    let c = ctx.pipelines.get(&ctx.device, &key, overrides)?;
+    // The params uniform: a fresh small buffer per dispatch, created mapped (so it is ordered
+    // correctly with the recorded stream), padded to 16 bytes (uniform layout rules).
+    let mut words = params.to_vec();
+    words.resize(params.len().div_ceil(4).max(1) * 4, 0);
+    let ubuf = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("loraforge.params"),
+        contents: bytemuck::cast_slice(&words),
+        usage: wgpu::BufferUsages::UNIFORM,
+    });
+    let mut entries: Vec<wgpu::BindGroupEntry> = binds
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let buf = match b {
+                Bind::R(b) | Bind::W(b) => *b,
+            };
+            wgpu::BindGroupEntry { binding: i as u32, resource: buf.as_entire_binding() }
+        })
+        .collect();
+    entries.push(wgpu::BindGroupEntry { binding: binds.len() as u32, resource: ubuf.as_entire_binding() });
+    let bg =
+        ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &c.layout, entries: &entries });
+    ctx.record(|enc| {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+        pass.set_pipeline(&c.pipeline);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+    });
+    Ok(())
+}

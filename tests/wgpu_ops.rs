@@ -1,0 +1,459 @@
+//! Every wgpu kernel against the CPU backend (whose paths are tested against the specs in
+//! tests/ops) or the f64 spec itself (matmul), on random data with shapes chosen to break it:
+//! 1, primes, workgroup size ± 1, rows longer than a workgroup, partial tiles.
+//! Runs on lavapipe in CI: `LORAFORGE_ALLOW_SOFTWARE_ADAPTER=1 cargo test --test wgpu_ops`.
+//! With no adapter each test prints SKIP and returns (the only allowed skip).
+#![cfg(feature = "wgpu")]
+
+mod common;
+
+use common::*;
+use loraforge::backend::cpu::attention::AttnParams;
+use loraforge::backend::cpu::matmul::{matmul_forward, MatmulDims};
+use loraforge::backend::cpu::rope::{RopeConfig, RopeLayout, RopeScaling};
+use loraforge::backend::wgpu::WgpuBackend;
+use loraforge::backend::{AdamWParams, Backend, CpuBackend};
+use loraforge::quant::F32Matrix;
+use loraforge::rng::Rng;
+use std::sync::{Arc, OnceLock};
+
+/// One device for the whole test binary (opening one is slow, and the backend is Sync).
+fn gpu() -> Option<&'static WgpuBackend> {
+    static G: OnceLock<Option<WgpuBackend>> = OnceLock::new();
+    G.get_or_init(|| match WgpuBackend::new() {
+        Ok(g) => Some(g),
+        Err(e) => {
+            eprintln!("{e}");
+            None
+        }
+    })
+    .as_ref()
+}
+
+macro_rules! gpu_or_skip {
+    () => {
+        match gpu() {
+            Some(g) => g,
+            None => {
+                println!("SKIP: no wgpu adapter (set LORAFORGE_ALLOW_SOFTWARE_ADAPTER=1)");
+                return;
+            }
+        }
+    };
+}
+
+fn up(g: &WgpuBackend, v: &[f32]) -> <WgpuBackend as Backend>::Storage {
+    g.upload(v).unwrap()
+}
+fn down(g: &WgpuBackend, s: &<WgpuBackend as Backend>::Storage) -> Vec<f32> {
+    g.download(s).unwrap()
+}
+fn cdown(s: &<CpuBackend as Backend>::Storage) -> Vec<f32> {
+    s.as_slice().to_vec()
+}
+
+/// Elementwise ops do one f32 operation per element, as the CPU does: exact.
+#[test]
+fn elementwise_exact() {
+    let g = gpu_or_skip!();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(1);
+    for &n in &[1usize, 255, 256, 257, 4099] {
+        let a = rand_f32(&mut rng, n, -2.0, 2.0);
+        let b = rand_f32(&mut rng, n, -2.0, 2.0);
+        let (ga, gb, ca, cb) = (up(g, &a), up(g, &b), c.upload(&a).unwrap(), c.upload(&b).unwrap());
+        assert_close(&down(g, &g.add(&ga, &gb).unwrap()), &cdown(&c.add(&ca, &cb).unwrap()), Tol::EXACT, "add");
+        assert_close(&down(g, &g.mul(&ga, &gb).unwrap()), &cdown(&c.mul(&ca, &cb).unwrap()), Tol::EXACT, "mul");
+        assert_close(&down(g, &g.scale(&ga, 0.37).unwrap()), &cdown(&c.scale(&ca, 0.37).unwrap()), Tol::EXACT, "scale");
+        let mut gd = up(g, &a);
+        let mut cd = c.upload(&a).unwrap();
+        g.add_assign(&mut gd, &gb).unwrap();
+        c.add_assign(&mut cd, &cb).unwrap();
+        g.scale_in_place(&mut gd, -1.5).unwrap();
+        c.scale_in_place(&mut cd, -1.5).unwrap();
+        assert_close(&down(g, &gd), &cdown(&cd), Tol::EXACT, "add_assign + scale_in_place");
+        assert!(g.add(&ga, &up(g, &[1.0])).is_err() || n == 1, "length mismatch must be an Error");
+    }
+    for &(rows, cols) in &[(1usize, 1usize), (3, 257), (300, 7)] {
+        let x = rand_f32(&mut rng, rows * cols, -1.0, 1.0);
+        let v = rand_f32(&mut rng, cols, -1.0, 1.0);
+        let dy = rand_f32(&mut rng, rows * cols, -1.0, 1.0);
+        let got = down(g, &g.mul_rows(&up(g, &x), &up(g, &v), rows, cols).unwrap());
+        let want = cdown(&c.mul_rows(&c.upload(&x).unwrap(), &c.upload(&v).unwrap(), rows, cols).unwrap());
+        assert_close(&got, &want, Tol::EXACT, "mul_rows");
+        let got = down(g, &g.mul_rows_backward_v(&up(g, &dy), &up(g, &x), rows, cols).unwrap());
+        let want = cdown(&c.mul_rows_backward_v(&c.upload(&dy).unwrap(), &c.upload(&x).unwrap(), rows, cols).unwrap());
+        // f32 sum over `rows` terms of size <= 1 vs the f64 sum: error <= rows * eps = 300 * 6e-8.
+        assert_close(&got, &want, Tol { abs: 2e-5, rel: 1e-5 }, "mul_rows_backward_v");
+    }
+}
+
+fn spec_matmul(a: &[f32], b: &[f32], bias: Option<&[f32]>, d: MatmulDims) -> Vec<f32> {
+    let mut out = vec![0.0f64; d.batch * d.m * d.n];
+    let bias64 = bias.map(to_f64);
+    matmul_forward(&mut out, &to_f64(a), &to_f64(b), bias64.as_deref(), d, false);
+    to_f32(&out)
+}
+
+/// f32 accumulation over K products of |a|,|b| <= 1: error ~ sqrt(K) eps sum|a b| <= 1e-5 for
+/// K <= 131; 1e-4 abs leaves room for the worst case (K eps sum|ab| ~ 2.6e-4 is never reached).
+const MATMUL_TOL: Tol = Tol { abs: 1e-4, rel: 1e-4 };
+
+#[test]
+fn matmul_forward_all_transposes() {
+    let g = gpu_or_skip!();
+    let mut rng = Rng::new(2);
+    for &(m, n, k) in &[(1usize, 1usize, 1usize), (7, 13, 5), (64, 64, 16), (65, 63, 17), (129, 67, 131)] {
+        for ta in [false, true] {
+            for tb in [false, true] {
+                let d = MatmulDims { trans_a: ta, trans_b: tb, ..MatmulDims::new(m, n, k) };
+                let a = rand_f32(&mut rng, m * k, -1.0, 1.0);
+                let b = rand_f32(&mut rng, k * n, -1.0, 1.0);
+                let bias = rand_f32(&mut rng, n, -1.0, 1.0);
+                let got = down(g, &g.matmul(&up(g, &a), &up(g, &b), Some(&up(g, &bias)), d).unwrap());
+                assert_close(&got, &spec_matmul(&a, &b, Some(&bias), d), MATMUL_TOL, &format!("matmul {d:?}"));
+            }
+        }
+    }
+    // batched, with B broadcast (b_stride 0) as a shared weight
+    let d = MatmulDims { batch: 3, b_stride: 0, trans_b: true, ..MatmulDims::new(5, 66, 9) };
+    let a = rand_f32(&mut rng, 3 * 5 * 9, -1.0, 1.0);
+    let b = rand_f32(&mut rng, 66 * 9, -1.0, 1.0);
+    let got = down(g, &g.matmul(&up(g, &a), &up(g, &b), None, d).unwrap());
+    assert_close(&got, &spec_matmul(&a, &b, None, d), MATMUL_TOL, "batched matmul");
+}
+
+#[test]
+fn matmul_backward_all_transposes() {
+    let g = gpu_or_skip!();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(3);
+    let mut cases = Vec::new();
+    for ta in [false, true] {
+        for tb in [false, true] {
+            cases.push(MatmulDims { trans_a: ta, trans_b: tb, ..MatmulDims::new(67, 5, 33) });
+        }
+    }
+    cases.push(MatmulDims { batch: 3, ..MatmulDims::new(4, 7, 65) });
+    cases.push(MatmulDims { batch: 3, b_stride: 0, trans_b: true, ..MatmulDims::new(4, 7, 65) });
+    cases.push(MatmulDims { batch: 2, a_stride: 0, trans_a: true, ..MatmulDims::new(3, 70, 5) });
+    for d in cases {
+        let na = if d.a_stride == 0 { d.m * d.k } else { d.batch * d.m * d.k };
+        let nb = if d.b_stride == 0 { d.k * d.n } else { d.batch * d.k * d.n };
+        let a = rand_f32(&mut rng, na, -1.0, 1.0);
+        let b = rand_f32(&mut rng, nb, -1.0, 1.0);
+        let dc = rand_f32(&mut rng, d.batch * d.m * d.n, -1.0, 1.0);
+        let (ga, gb, gbias) = g.matmul_backward(&up(g, &dc), &up(g, &a), &up(g, &b), d, (true, true, true)).unwrap();
+        let (ca, cb, cbias) = c
+            .matmul_backward(
+                &c.upload(&dc).unwrap(),
+                &c.upload(&a).unwrap(),
+                &c.upload(&b).unwrap(),
+                d,
+                (true, true, true),
+            )
+            .unwrap();
+        assert_close(&down(g, &ga.unwrap()), &cdown(&ca.unwrap()), MATMUL_TOL, &format!("dA {d:?}"));
+        assert_close(&down(g, &gb.unwrap()), &cdown(&cb.unwrap()), MATMUL_TOL, &format!("dB {d:?}"));
+        assert_close(&down(g, &gbias.unwrap()), &cdown(&cbias.unwrap()), MATMUL_TOL, &format!("dbias {d:?}"));
+    }
+}
+
+/// The frozen-weight path: quant_linear / its input gradient / dequantize / embedding_quant.
+#[test]
+fn quant_linear_dense_weight() {
+    let g = gpu_or_skip!();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(4);
+    let (n, d_out, d_in) = (5, 67, 33);
+    let w = rand_f32(&mut rng, d_out * d_in, -1.0, 1.0);
+    let q: loraforge::backend::HostQuant = Arc::new(F32Matrix { data: w.clone(), rows: d_out, cols: d_in });
+    let (gq, cq) = (g.upload_quant(q.clone()).unwrap(), c.upload_quant(q).unwrap());
+    assert_eq!(g.quant_shape(&gq), (d_out, d_in));
+    assert_close(&down(g, &g.dequantize(&gq).unwrap()), &w, Tol::EXACT, "dequantize");
+    let x = rand_f32(&mut rng, n * d_in, -1.0, 1.0);
+    let dy = rand_f32(&mut rng, n * d_out, -1.0, 1.0);
+    let got = down(g, &g.quant_linear(&up(g, &x), &gq, None, n).unwrap());
+    assert_close(
+        &got,
+        &cdown(&c.quant_linear(&c.upload(&x).unwrap(), &cq, None, n).unwrap()),
+        MATMUL_TOL,
+        "quant_linear",
+    );
+    let got = down(g, &g.quant_linear_backward(&up(g, &dy), &gq, n).unwrap());
+    let want = cdown(&c.quant_linear_backward(&c.upload(&dy).unwrap(), &cq, n).unwrap());
+    assert_close(&got, &want, MATMUL_TOL, "quant_linear_backward");
+    let ids = [3u32, 0, 66, 3];
+    assert_close(
+        &down(g, &g.embedding_quant(&ids, &gq).unwrap()),
+        &cdown(&c.embedding_quant(&ids, &cq).unwrap()),
+        Tol::EXACT,
+        "embedding_quant",
+    );
+    let delta = rand_f32(&mut rng, d_out * d_in, -0.1, 0.1);
+    let got = down(g, &g.row_norms(&gq, Some(&up(g, &delta))).unwrap());
+    let want = cdown(&c.row_norms(&cq, Some(&c.upload(&delta).unwrap())).unwrap());
+    assert_close(&got, &want, Tol::EXACT, "row_norms");
+}
+
+/// f32 tree sum of C squares vs f64: relative error ~ log2(C) eps; rstd and out to ~1e-6 relative.
+#[test]
+fn rms_norm_forward_backward() {
+    let g = gpu_or_skip!();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(5);
+    for &(rows, cols) in &[(1usize, 1usize), (3, 255), (2, 257), (7, 1000)] {
+        for add_one in [false, true] {
+            let x = rand_f32(&mut rng, rows * cols, -2.0, 2.0);
+            let w = rand_f32(&mut rng, cols, -1.0, 1.0);
+            let dout = rand_f32(&mut rng, rows * cols, -1.0, 1.0);
+            let (go, gr) = g.rms_norm(&up(g, &x), &up(g, &w), rows, cols, 1e-5, add_one).unwrap();
+            let (co, cr) =
+                c.rms_norm(&c.upload(&x).unwrap(), &c.upload(&w).unwrap(), rows, cols, 1e-5, add_one).unwrap();
+            let tol = Tol { abs: 1e-5, rel: 1e-5 };
+            assert_close(&down(g, &go), &cdown(&co), tol, "rms_norm out");
+            assert_close(&down(g, &gr), &cdown(&cr), tol, "rms_norm rstd");
+            let (gdx, gdw) =
+                g.rms_norm_backward(&up(g, &dout), &up(g, &x), &up(g, &w), &gr, rows, cols, add_one, true).unwrap();
+            let (cdx, cdw) = c
+                .rms_norm_backward(
+                    &c.upload(&dout).unwrap(),
+                    &c.upload(&x).unwrap(),
+                    &c.upload(&w).unwrap(),
+                    &cr,
+                    rows,
+                    cols,
+                    add_one,
+                    true,
+                )
+                .unwrap();
+            // dx subtracts two O(1) terms: abs error ~ C eps |terms|, 1e-4 at C = 1000.
+            assert_close(&down(g, &gdx), &cdown(&cdx), Tol { abs: 1e-4, rel: 1e-4 }, "rms_norm dx");
+            assert_close(&down(g, &gdw.unwrap()), &cdown(&cdw.unwrap()), Tol { abs: 1e-5, rel: 1e-5 }, "rms_norm dw");
+        }
+    }
+}
+
+/// cos/sin come from the same f64 table rounded once to f32, so out differs by a few ulp only.
+#[test]
+fn rope_forward_backward() {
+    let g = gpu_or_skip!();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(6);
+    let cfgs = [
+        RopeConfig::new(8, 10000.0),
+        RopeConfig {
+            head_dim: 10,
+            rotary_dim: 6,
+            theta: 500000.0,
+            layout: RopeLayout::Interleaved,
+            scaling: RopeScaling::None,
+        },
+        RopeConfig { scaling: RopeScaling::yarn(4.0, 64), ..RopeConfig::new(16, 10000.0) },
+    ];
+    for cfg in cfgs {
+        let (b, t, nh) = (2, 5, 3);
+        let positions: Vec<u32> = (0..b * t).map(|_| rng.below(5000) as u32).collect();
+        let x = rand_f32(&mut rng, b * t * nh * cfg.head_dim, -1.0, 1.0);
+        let got = down(g, &g.rope(&up(g, &x), &positions, &cfg, b, t, nh).unwrap());
+        let want = cdown(&c.rope(&c.upload(&x).unwrap(), &positions, &cfg, b, t, nh).unwrap());
+        assert_close(&got, &want, Tol { abs: 1e-6, rel: 1e-6 }, &format!("rope {cfg:?}"));
+        let got = down(g, &g.rope_backward(&up(g, &x), &positions, &cfg, b, t, nh).unwrap());
+        let want = cdown(&c.rope_backward(&c.upload(&x).unwrap(), &positions, &cfg, b, t, nh).unwrap());
+        assert_close(&got, &want, Tol { abs: 1e-6, rel: 1e-6 }, &format!("rope_backward {cfg:?}"));
+    }
+}
+
+/// exp/tanh in WGSL are not correctly rounded (a few ulp on lavapipe; WGSL allows more), so
+/// relative 1e-5.
+#[test]
+fn glu_forward_backward() {
+    let g = gpu_or_skip!();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(7);
+    for gelu in [false, true] {
+        for &n in &[1usize, 257, 1000] {
+            let mut gate = rand_f32(&mut rng, n, -6.0, 6.0);
+            if n > 2 {
+                gate[0] = 40.0; // saturated: no NaN from exp/tanh
+                gate[1] = -40.0;
+            }
+            let upv = rand_f32(&mut rng, n, -1.0, 1.0);
+            let dout = rand_f32(&mut rng, n, -1.0, 1.0);
+            let got = down(g, &g.glu(&up(g, &gate), &up(g, &upv), gelu).unwrap());
+            let want = cdown(&c.glu(&c.upload(&gate).unwrap(), &c.upload(&upv).unwrap(), gelu).unwrap());
+            let tol = Tol { abs: 1e-6, rel: 1e-5 };
+            assert_close(&got, &want, tol, "glu");
+            let (gdg, gdu) = g.glu_backward(&up(g, &dout), &up(g, &gate), &up(g, &upv), gelu).unwrap();
+            let (cdg, cdu) = c
+                .glu_backward(&c.upload(&dout).unwrap(), &c.upload(&gate).unwrap(), &c.upload(&upv).unwrap(), gelu)
+                .unwrap();
+            assert_close(&down(g, &gdg), &cdown(&cdg), tol, "glu dgate");
+            assert_close(&down(g, &gdu), &cdown(&cdu), tol, "glu dup");
+        }
+    }
+}
+
+/// The mask is integer Philox arithmetic and one f32 multiply: bit-for-bit equal to the CPU.
+#[test]
+fn dropout_matches_cpu_bit_for_bit() {
+    let g = gpu_or_skip!();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(8);
+    for &(n, p, seed, offset) in &[
+        (1usize, 0.5f32, 1u64, 0u64),
+        (1031, 0.1, 0xDEAD_BEEF_1234_5678, 3),
+        (777, 0.3, 42, (1u64 << 32) - 5), // the counter carries into its high word mid-buffer
+        (300, 0.0, 7, 9),
+    ] {
+        let x = rand_f32(&mut rng, n, -1.0, 1.0);
+        let got = down(g, &g.dropout(&up(g, &x), p, seed, offset).unwrap());
+        let want = cdown(&c.dropout(&c.upload(&x).unwrap(), p, seed, offset).unwrap());
+        assert_eq!(
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        let got = down(g, &g.dropout_backward(&up(g, &x), p, seed, offset).unwrap());
+        let want = cdown(&c.dropout_backward(&c.upload(&x).unwrap(), p, seed, offset).unwrap());
+        assert_eq!(got, want, "dropout_backward n={n} p={p}");
+    }
+    assert!(g.dropout(&up(g, &[1.0]), 1.0, 0, 0).is_err());
+}
+
+#[test]
+fn embedding_forward_backward() {
+    let g = gpu_or_skip!();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(9);
+    let (v, cc) = (11, 257);
+    let table = rand_f32(&mut rng, v * cc, -1.0, 1.0);
+    let ids = [3u32, 0, 10, 3, 3, 7];
+    let got = down(g, &g.embedding(&ids, &up(g, &table), cc).unwrap());
+    assert_close(&got, &cdown(&c.embedding(&ids, &c.upload(&table).unwrap(), cc).unwrap()), Tol::EXACT, "embedding");
+    let dout = rand_f32(&mut rng, ids.len() * cc, -1.0, 1.0);
+    let got = down(g, &g.embedding_backward(&up(g, &dout), &ids, v, cc).unwrap());
+    let want = cdown(&c.embedding_backward(&c.upload(&dout).unwrap(), &ids, v, cc).unwrap());
+    // sums in the same (position) order, in f32 like the CPU: exact
+    assert_close(&got, &want, Tol::EXACT, "embedding_backward");
+    assert!(g.embedding(&[11], &up(g, &table), cc).is_err(), "id out of range must be an Error");
+}
+
+/// Losses: f32 logsumexp over V terms (CPU: same in f32 via gemm logits); 1e-5 relative of the sum.
+/// Gradients: two f32 matmuls over V (or N) terms, as MATMUL_TOL.
+#[test]
+fn linear_cross_entropy_forward_backward() {
+    let g = gpu_or_skip!();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(10);
+    for &(n, cc, v, cap) in &[(1usize, 1usize, 2usize, None), (5, 7, 300, Some(3.0f32)), (300, 8, 37, None)] {
+        let h = rand_f32(&mut rng, n * cc, -1.0, 1.0);
+        let w = rand_f32(&mut rng, v * cc, -1.0, 1.0);
+        let targets: Vec<i32> = (0..n).map(|i| if i % 4 == 1 { -100 } else { rng.below(v as _) as i32 }).collect();
+        let s = Some(0.25);
+        let (gs, gdh, gdw) = g.linear_cross_entropy(&up(g, &h), &up(g, &w), &targets, n, cc, v, cap, s, true).unwrap();
+        let (cs, cdh, cdw) = c
+            .linear_cross_entropy(&c.upload(&h).unwrap(), &c.upload(&w).unwrap(), &targets, n, cc, v, cap, s, true)
+            .unwrap();
+        assert_eq!(gs.count, cs.count);
+        assert!(
+            (gs.loss_sum - cs.loss_sum).abs() <= 1e-5 * cs.loss_sum.abs().max(1.0),
+            "loss {} vs {}",
+            gs.loss_sum,
+            cs.loss_sum
+        );
+        assert_close(&down(g, &gdh.unwrap()), &cdown(&cdh.unwrap()), MATMUL_TOL, "ce dh");
+        assert_close(&down(g, &gdw.unwrap()), &cdown(&cdw.unwrap()), MATMUL_TOL, "ce dw");
+    }
+    assert!(g.linear_cross_entropy(&up(g, &[0.0]), &up(g, &[0.0]), &[5], 1, 1, 1, None, None, false).is_err());
+}
+
+/// T = 67 spans a 64-wide block plus a partial one; D = 8 and 16; GQA 4/2 and MQA 3/1.
+/// exp and f32 dot products: out ~1e-6, lse ~1e-6, grads accumulate T terms: 1e-4.
+#[test]
+fn attention_forward_backward() {
+    let g = gpu_or_skip!();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(11);
+    let base =
+        AttnParams { b: 2, t: 67, h: 4, kv_heads: 2, d: 8, scale: 0.35, causal: true, window: None, softcap: None };
+    let cases = [
+        (base, false),
+        (AttnParams { causal: false, h: 3, kv_heads: 1, d: 16, t: 13, ..base }, false),
+        (AttnParams { window: Some(5), ..base }, false),
+        (AttnParams { window: Some(0), t: 5, ..base }, false), // every query sees nothing: out 0, lse 0
+        (AttnParams { softcap: Some(2.0), ..base }, true),
+    ];
+    for (p, with_seg) in cases {
+        let q = rand_f32(&mut rng, p.b * p.t * p.h * p.d, -1.0, 1.0);
+        let k = rand_f32(&mut rng, p.b * p.t * p.kv_heads * p.d, -1.0, 1.0);
+        let vv = rand_f32(&mut rng, p.b * p.t * p.kv_heads * p.d, -1.0, 1.0);
+        let dout = rand_f32(&mut rng, q.len(), -1.0, 1.0);
+        let seg: Vec<u32> = (0..p.b * p.t).map(|i| ((i % p.t) / 20) as u32).collect();
+        let seg = with_seg.then_some(&seg[..]);
+        let (gq, gk, gv) = (up(g, &q), up(g, &k), up(g, &vv));
+        let (cq, ck, cv) = (c.upload(&q).unwrap(), c.upload(&k).unwrap(), c.upload(&vv).unwrap());
+        let (go, gl) = g.attention(&gq, &gk, &gv, seg, &p).unwrap();
+        let (co, cl) = c.attention(&cq, &ck, &cv, seg, &p).unwrap();
+        let tol = Tol { abs: 2e-6, rel: 1e-5 };
+        assert_close(&down(g, &go), &cdown(&co), tol, &format!("attention out {p:?}"));
+        assert_close(&down(g, &gl), &cdown(&cl), tol, &format!("attention lse {p:?}"));
+        let (gdq, gdk, gdv) = g.attention_backward(&up(g, &dout), &gq, &gk, &gv, &go, &gl, seg, &p).unwrap();
+        let (cdq, cdk, cdv) =
+            c.attention_backward(&c.upload(&dout).unwrap(), &cq, &ck, &cv, &co, &cl, seg, &p).unwrap();
+        let tol = Tol { abs: 1e-5, rel: 1e-4 };
+        assert_close(&down(g, &gdq), &cdown(&cdq), tol, &format!("dq {p:?}"));
+        assert_close(&down(g, &gdk), &cdown(&cdk), tol, &format!("dk {p:?}"));
+        assert_close(&down(g, &gdv), &cdown(&cdv), tol, &format!("dv {p:?}"));
+    }
+}
+
+/// The GPU update is f32, the spec's f64 rounded once: a few ulp of param, m, v.
+#[test]
+fn adamw_and_grad_norm() {
+    let g = gpu_or_skip!();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(12);
+    let n = 1031;
+    let p0 = rand_f32(&mut rng, n, -1.0, 1.0);
+    let (mut gp, mut gm, mut gv) = (up(g, &p0), g.zeros(n).unwrap(), g.zeros(n).unwrap());
+    let (mut cp, mut cm, mut cv) = (c.upload(&p0).unwrap(), c.zeros(n).unwrap(), c.zeros(n).unwrap());
+    for step in 1..=3 {
+        let grad = rand_f32(&mut rng, n, -1.0, 1.0);
+        let hp = AdamWParams { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, step };
+        g.adamw_step(&mut gp, &up(g, &grad), &mut gm, &mut gv, &hp).unwrap();
+        c.adamw_step(&mut cp, &c.upload(&grad).unwrap(), &mut cm, &mut cv, &hp).unwrap();
+    }
+    let tol = Tol { abs: 1e-6, rel: 1e-5 };
+    assert_close(&down(g, &gp), &cdown(&cp), tol, "adamw param");
+    assert_close(&down(g, &gm), &cdown(&cm), tol, "adamw m");
+    assert_close(&down(g, &gv), &cdown(&cv), tol, "adamw v");
+
+    let bufs: Vec<Vec<f32>> = [1usize, 4095, 4097, 10007].iter().map(|&k| rand_f32(&mut rng, k, -1.0, 1.0)).collect();
+    let gb: Vec<_> = bufs.iter().map(|b| up(g, b)).collect();
+    let cb: Vec<_> = bufs.iter().map(|b| c.upload(b).unwrap()).collect();
+    let got = g.grad_norm_sq(&gb.iter().collect::<Vec<_>>()).unwrap();
+    let want = c.grad_norm_sq(&cb.iter().collect::<Vec<_>>()).unwrap();
+    // partial sums of 4096 squares in f32: relative ~1e-6
+    assert!((got - want).abs() <= 1e-5 * want, "grad_norm_sq {got} vs {want}");
+    let nan = up(g, &[1.0, f32::NAN]);
+    assert!(!g.grad_norm_sq(&[&nan]).unwrap().is_finite(), "NaN must make the norm non-finite");
+}
+
+/// Pipelines compile once; the pool returns buffers and counts current/peak.
+#[test]
+fn pipeline_cache_and_pool() {
+    let g = gpu_or_skip!();
+    let a = up(g, &[1.0; 1000]);
+    let _ = g.scale(&a, 2.0).unwrap();
+    g.sync().unwrap();
+    let compiled = g.pipelines_compiled();
+    for _ in 0..5 {
+        let _ = g.scale(&a, 3.0).unwrap();
+    }
+    g.sync().unwrap();
+    assert_eq!(g.pipelines_compiled(), compiled, "same kernel key must not recompile");
+    let m = g.memory();
+    assert!(m.peak >= m.current && m.current >= 4000, "{m:?}");
+    assert!(g.name().starts_with("wgpu"));
+    assert!(!loraforge::backend::wgpu::describe_adapters().is_empty());
+}
