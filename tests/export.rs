@@ -120,7 +120,12 @@ fn fixture(tag: &str, lora: LoraConfig) -> Option<Fixture> {
     std::fs::create_dir_all(&dir).unwrap();
     let base = dir.join("tiny.gguf");
     tiny_base(&base, "gpt2");
-    let spec = AdapterSpec { targets: ALL.iter().map(|s| s.to_string()).collect(), lora: lora.clone(), seed: 1 };
+    let spec = AdapterSpec {
+        targets: ALL.iter().map(|s| s.to_string()).collect(),
+        lora: lora.clone(),
+        seed: 1,
+        quantize: None,
+    };
     let (mut model, _) = load_gguf(&CpuBackend::new(), &base, &spec).unwrap();
     let mut rng = Rng::new(11);
     for l in model.loras_mut().unwrap() {
