@@ -260,9 +260,33 @@ impl std::str::FromStr for DeviceKind {
 /// Resolves a device request to what can run here. `auto` picks CUDA, else a hardware wgpu adapter,
 /// else the CPU; as the GPU backends are not implemented yet, `auto` is the CPU and the others
 /// answer with a clear error.
+/// On Linux a GPU shows up as a DRM render node or an NVIDIA device file; without one, `auto`
+/// skips probing Vulkan (which is slow and prints driver noise on headless machines).
+fn may_have_gpu() -> bool {
+    if cfg!(target_os = "linux") {
+        let dri = std::fs::read_dir("/dev/dri")
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("renderD")))
+            .unwrap_or(false);
+        dri || std::path::Path::new("/dev/nvidia0").exists()
+    } else {
+        true
+    }
+}
+
 pub fn resolve_device(kind: DeviceKind) -> Result<DeviceKind> {
     match kind {
-        DeviceKind::Auto | DeviceKind::Cpu => Ok(DeviceKind::Cpu),
+        DeviceKind::Cpu => Ok(DeviceKind::Cpu),
+        // CUDA is not built yet; a hardware wgpu adapter next; software adapters (lavapipe) are
+        // slower than the CPU backend, so `auto` never picks them.
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Auto if !may_have_gpu() => Ok(DeviceKind::Cpu),
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Auto => Ok(match wgpu::WgpuBackend::new() {
+            Ok(b) if !b.is_software() => DeviceKind::Wgpu,
+            _ => DeviceKind::Cpu,
+        }),
+        #[cfg(not(feature = "wgpu"))]
+        DeviceKind::Auto => Ok(DeviceKind::Cpu),
         #[cfg(feature = "wgpu")]
         DeviceKind::Wgpu => wgpu::WgpuBackend::new().map(|_| DeviceKind::Wgpu),
         #[cfg(not(feature = "wgpu"))]

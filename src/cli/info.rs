@@ -21,13 +21,26 @@ pub fn devices() {
         .map(|kb| human_bytes(kb * 1024))
         .unwrap_or_else(|| "unknown".into());
     println!("cpu    available: {threads} threads, {mem} RAM, f32 compute (the reference backend)");
-    for (name, e) in [
-        ("wgpu", crate::backend::wgpu_stub::unavailable::<()>()),
-        ("cuda", crate::backend::cuda_stub::unavailable::<()>()),
-    ] {
-        if let Err(e) = e {
-            println!("{name:<6} unavailable: {e}");
+    #[cfg(feature = "wgpu")]
+    {
+        let adapters = crate::backend::wgpu::describe_adapters();
+        if adapters.is_empty() {
+            println!("wgpu   unavailable: no adapter found (Vulkan/Metal/DX12 driver)");
         }
+        for a in adapters {
+            println!("wgpu   {a}");
+        }
+        match crate::backend::wgpu::WgpuBackend::new() {
+            Ok(b) => println!("wgpu   selected: {}", b.adapter_name()),
+            Err(e) => println!("wgpu   not selectable: {e}"),
+        }
+    }
+    #[cfg(not(feature = "wgpu"))]
+    if let Err(e) = crate::backend::wgpu_stub::unavailable::<()>() {
+        println!("wgpu   unavailable: {e}");
+    }
+    if let Err(e) = crate::backend::cuda_stub::unavailable::<()>() {
+        println!("cuda   unavailable: {e}");
     }
 }
 

@@ -35,6 +35,15 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         overrides: Vec<String>,
     },
+    /// Export a model (base + LoRA adapters merged) as a Hugging Face safetensors directory or a
+    /// GGUF file (with an Ollama Modelfile), or an adapter as a llama.cpp GGUF LoRA adapter, as
+    /// a LLaMA-Factory-style export YAML says (`export_dir`, `export_format`, `export_quant`, ...).
+    #[command(allow_hyphen_values = true)]
+    Export {
+        config: PathBuf,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        overrides: Vec<String>,
+    },
     /// Print the memory plan of a training config (weights, adapters, gradients, optimizer,
     /// activations, loss) against what the device has, without training.
     #[command(allow_hyphen_values = true)]
@@ -133,6 +142,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Command::Train { config, overrides } => train::train(&config, &overrides),
         Command::Plan { config, overrides } => train::plan(&config, &overrides),
+        Command::Export { config, overrides } => train::export(&config, &overrides),
         Command::Info { path, devices, seq, rank, device: d } => {
             let dev = device(&d)?;
             if devices {

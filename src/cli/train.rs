@@ -113,6 +113,8 @@ pub fn train(config: &Path, overrides: &[String]) -> Result<()> {
     let (args, notes) = load_args(config, overrides)?;
     match device_kind(&args)? {
         DeviceKind::Cpu | DeviceKind::Auto => run(CpuBackend::new(), args, notes),
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => run(crate::backend::wgpu::WgpuBackend::new()?, args, notes),
         other => Err(Error::msg(format!(
             "device {other:?}: training on this backend is not available in this build yet; use device: cpu"
         ))),
@@ -178,4 +180,38 @@ pub fn peak_rss() -> u64 {
         })
         .unwrap_or(0u64)
         * 1024
+}
+
+/// `loraforge export CONFIG.yaml`.
+pub fn export(config: &Path, overrides: &[String]) -> Result<()> {
+    use crate::export::{ExportKind, ExportOptions};
+    use crate::train::args::ExportFormat;
+    let (args, _) = load_args(config, overrides)?;
+    let Some(dir) = args.export_dir.clone() else {
+        return Err(Error::msg("export: set export_dir (where the exported model or adapter goes)"));
+    };
+    let model = crate::train::trainer::resolve_model_path(&args.model_name_or_path)?;
+    let adapters: Vec<std::path::PathBuf> = args.adapter_name_or_path.iter().map(std::path::PathBuf::from).collect();
+    let opts = ExportOptions {
+        kind: match args.export_format {
+            ExportFormat::Safetensors => ExportKind::Safetensors,
+            ExportFormat::Gguf => ExportKind::Gguf,
+            ExportFormat::GgufAdapter => ExportKind::GgufAdapter,
+        },
+        export_dir: dir.into(),
+        export_size_gb: args.export_size as f64,
+        dtype: args.export_dtype.clone(),
+        quant: args.export_quant.clone(),
+        legacy_format: args.export_legacy_format,
+        template: args.template.clone(),
+    };
+    let report = crate::export::export(&model, &adapters, &opts)?;
+    for n in &report.notes {
+        eprintln!("note: {n}");
+    }
+    for f in &report.files {
+        let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        println!("wrote {} ({})", f.display(), human_bytes(size));
+    }
+    Ok(())
 }

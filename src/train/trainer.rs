@@ -642,13 +642,13 @@ impl<B: Backend> Trainer<B> {
             );
         }
         s += &format!(
-            "{} steps of {} x {} rows (accumulation {}), lr {:e} {:?}, checkpointing {}\n",
+            "{} steps of {} rows ({} per micro-batch x {} accumulation), lr {:e} {}, checkpointing {}\n",
             self.total_steps,
-            self.args.gradient_accumulation_steps,
+            self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps,
             self.args.per_device_train_batch_size,
             self.args.gradient_accumulation_steps,
             self.args.learning_rate,
-            self.args.lr_scheduler_type,
+            self.args.lr_scheduler_type.as_str(),
             if self.checkpointing { "on" } else { "off" }
         );
         s += &format!("memory plan: {} in total\n", human_bytes(self.plan.total()));

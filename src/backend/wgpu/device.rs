@@ -43,8 +43,14 @@ struct Pending {
     passes: usize,
 }
 
+/// Vulkan, Metal and DX12 (primary backends) unless WGPU_BACKEND says otherwise: the GL backend
+/// lacks compute features we need and its EGL probing prints noise on headless machines.
 fn instance() -> wgpu::Instance {
-    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+    let mut d = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if std::env::var_os("WGPU_BACKEND").is_none() {
+        d.backends = wgpu::Backends::PRIMARY;
+    }
+    wgpu::Instance::new(d)
 }
 
 fn software_allowed() -> bool {
@@ -64,7 +70,7 @@ fn rank(info: &wgpu::AdapterInfo, allow_software: bool) -> Option<u32> {
 }
 
 fn adapters() -> Vec<wgpu::Adapter> {
-    pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()))
+    pollster::block_on(instance().enumerate_adapters(wgpu::Backends::PRIMARY))
 }
 
 /// One line per adapter this machine exposes: name, backend, type, notable features, key limits.
