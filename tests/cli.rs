@@ -223,3 +223,114 @@ fn chat_without_a_template_says_how_to_fix_it() {
         run(&["chat", "--model", g.to_str().unwrap(), "--template", "gemma", "--prompt", "hi", "--top-p", "1.5"]);
     assert!(!ok && err.contains("top_p"), "{err}");
 }
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("loraforge-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The user's path through the product: `train` a LLaMA-Factory-style YAML (with overrides),
+/// `plan` it, `export` the result as a merged GGUF and as a GGUF adapter, `info` and `chat` with
+/// the exported model and with the adapter.
+#[test]
+fn train_plan_export_chat() {
+    let m = model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let dir = tmpdir("flow");
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data");
+    let out = dir.join("run");
+    let yaml = dir.join("sft.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "model_name_or_path: {}\nstage: sft\nfinetuning_type: lora\nlora_target: q_proj,v_proj\n\
+             dataset: demo_identity\ndataset_dir: {data}\ncutoff_len: 64\nmax_samples: 8\n\
+             output_dir: {}\nper_device_train_batch_size: 2\nlearning_rate: 1.0e-3\nnum_train_epochs: 1.0\n\
+             logging_steps: 1\nflash_attn: auto\nreport_to: none\n",
+            m.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let y = yaml.to_str().unwrap();
+    let (ok, stdout, err) = run(&["plan", y]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("activations") && stdout.contains("total"), "{stdout}");
+    let (ok, _, err) = run(&["train", y, "max_steps=2", "--seed", "3"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("note: `flash_attn` is ignored"), "ignored keys get a note: {err}");
+    assert!(err.contains("done: 2 steps"), "{err}");
+    assert!(out.join("adapter_model.safetensors").is_file());
+    // A second run into the same output_dir is refused.
+    let (ok, _, err) = run(&["train", y, "max_steps=1"]);
+    assert!(!ok && err.contains("overwrite_output_dir"), "{err}");
+
+    let export = |format: &str, extra: &str, name: &str| -> PathBuf {
+        let e = dir.join(name);
+        let cfg = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "model_name_or_path: {}\nadapter_name_or_path: {}\nfinetuning_type: lora\nexport_dir: {}\n\
+                 export_format: {format}\n{extra}",
+                m.display(),
+                out.display(),
+                e.display()
+            ),
+        )
+        .unwrap();
+        let (ok, stdout, err) = run(&["export", cfg.to_str().unwrap()]);
+        assert!(ok, "{err}");
+        assert!(stdout.contains("wrote"), "{stdout}");
+        e
+    };
+    let gguf_dir = export("gguf", "export_quant: q8_0\n", "gguf");
+    let gguf = std::fs::read_dir(&gguf_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .expect("a .gguf file");
+    assert!(gguf_dir.join("Modelfile").is_file());
+    let adapter_dir = export("gguf_adapter", "", "adapter");
+    assert!(std::fs::read_dir(&adapter_dir).unwrap().count() > 0);
+    let (ok, stdout, err) = run(&["info", gguf.to_str().unwrap()]);
+    assert!(ok && stdout.contains("Q8_0"), "{stdout}{err}");
+    for args in [
+        vec!["chat", "--model", gguf.to_str().unwrap(), "--prompt", "Who are you?", "--max-new-tokens", "4"],
+        vec!["chat", "--model", m.to_str().unwrap(), "--adapter", out.to_str().unwrap(), "--prompt", "Hi", "--max-new-tokens", "4"],
+    ] {
+        let (ok, stdout, err) = run(&args);
+        assert!(ok, "{err}");
+        assert!(!stdout.trim().is_empty(), "no reply: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn train_config_errors_are_clear() {
+    let dir = tmpdir("errors");
+    let yaml = dir.join("bad.yaml");
+    std::fs::write(&yaml, "model_name_or_path: smollm2-135m\nlora_rnak: 8\noutput_dir: x\n").unwrap();
+    let (ok, _, err) = run(&["train", yaml.to_str().unwrap()]);
+    assert!(!ok && err.contains("lora_rank"), "unknown key suggests the nearest: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    std::fs::write(&yaml, "model_name_or_path: smollm2-135m\nlearning_rate: fast\n").unwrap();
+    let (ok, _, err) = run(&["train", yaml.to_str().unwrap()]);
+    assert!(!ok && err.contains("learning_rate"), "{err}");
+    let (ok, _, err) = run(&["train", dir.join("missing.yaml").to_str().unwrap()]);
+    assert!(!ok && err.contains("missing.yaml"), "{err}");
+    std::fs::write(
+        &yaml,
+        format!(
+            "model_name_or_path: smollm2-135m\ndataset: nope\ndataset_dir: {}\noutput_dir: {}\n",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/data"),
+            dir.join("o").display()
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = run(&["train", yaml.to_str().unwrap()]);
+    assert!(!ok && err.contains("nope"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
