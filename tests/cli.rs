@@ -299,7 +299,17 @@ fn train_plan_export_chat() {
     assert!(ok && stdout.contains("Q8_0"), "{stdout}{err}");
     for args in [
         vec!["chat", "--model", gguf.to_str().unwrap(), "--prompt", "Who are you?", "--max-new-tokens", "4"],
-        vec!["chat", "--model", m.to_str().unwrap(), "--adapter", out.to_str().unwrap(), "--prompt", "Hi", "--max-new-tokens", "4"],
+        vec![
+            "chat",
+            "--model",
+            m.to_str().unwrap(),
+            "--adapter",
+            out.to_str().unwrap(),
+            "--prompt",
+            "Hi",
+            "--max-new-tokens",
+            "4",
+        ],
     ] {
         let (ok, stdout, err) = run(&args);
         assert!(ok, "{err}");

@@ -4,7 +4,7 @@
 mod chat;
 mod info;
 mod logits;
-mod session;
+pub mod session;
 mod train;
 
 use crate::backend::{resolve_device, DeviceKind};

@@ -253,7 +253,33 @@ pub fn adapter_spec(args: &TrainArgs) -> Result<AdapterSpec> {
 /// Loads the base model, its tokenizer and chat template for `args`.
 pub fn load_parts<B: Backend>(be: &B, args: &TrainArgs, notes: &mut Vec<String>) -> Result<ModelParts<B>> {
     let path = resolve_model_path(&args.model_name_or_path)?;
-    let spec = adapter_spec(args)?;
+    let mut spec = adapter_spec(args)?;
+    // Continued training of an existing PEFT adapter: its rank, alpha and targets win.
+    let resume_adapter = match args.adapter_name_or_path.as_slice() {
+        [] => None,
+        [one] if args.finetuning_type == FinetuningType::Lora => {
+            let dir = PathBuf::from(one);
+            let ac = AdapterConfig::read(&dir).with_context(|| format!("adapter_name_or_path {}", dir.display()))?;
+            if ac.r != args.lora_rank || ac.target_modules != spec.targets {
+                notes.push(format!(
+                    "adapter_name_or_path: continuing {} with its own r={} and targets {} (not the config's)",
+                    dir.display(),
+                    ac.r,
+                    ac.target_modules.join(",")
+                ));
+            }
+            spec.targets = ac.target_modules.clone();
+            spec.lora = LoraConfig { dropout: args.lora_dropout as f32, ..ac.lora() };
+            Some(dir)
+        }
+        [_] => return Err(Error::msg("adapter_name_or_path with finetuning_type freeze/full is not supported yet")),
+        _ => {
+            return Err(Error::msg(
+                "adapter_name_or_path: several adapters (merged, then a new one trained) is not supported yet; \
+                 merge them first with `loraforge export` and train on the merged model",
+            ))
+        }
+    };
     let (tok, own_template, fp, stored_quantized) = if path.is_dir() {
         let tok = Tokenizer::from_file(path.join("tokenizer.json")).context("loading the tokenizer")?;
         (tok, ChatTemplate::from_hf_dir(&path)?, None, false)
@@ -296,7 +322,20 @@ pub fn load_parts<B: Backend>(be: &B, args: &TrainArgs, notes: &mut Vec<String>)
     let load_spec = if args.pissa_init { AdapterSpec { quantize: None, ..spec.clone() } } else { spec.clone() };
     let (mut model, cfg) = load_model(be, &path, &load_spec).with_context(|| format!("loading {}", path.display()))?;
     if args.pissa_init {
+        if resume_adapter.is_some() {
+            return Err(Error::msg("pissa_init with adapter_name_or_path: the adapter is already initialised"));
+        }
         apply_pissa(be, &mut model, &spec, args.pissa_iter, notes)?;
+    }
+    if let Some(dir) = &resume_adapter {
+        let qk = (cfg.rope_layout == RopeLayout::Interleaved).then_some(QkPermutation {
+            n_heads: cfg.num_attention_heads,
+            n_kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+        });
+        let meta = crate::export::peft::load_adapter(&mut model, dir, qk)
+            .with_context(|| format!("loading adapter {}", dir.display()))?;
+        crate::cli::session::check_base(&meta, &path, dir)?;
     }
     Ok(ModelParts {
         model,
@@ -951,13 +990,20 @@ impl<B: Backend> Trainer<B> {
     /// The adapter config written with the adapter. PiSSA adapters are saved converted for the
     /// original base (rank 2r, alpha scaled so the update's scale is unchanged).
     pub fn adapter_config(&self) -> Result<AdapterConfig> {
-        let spec = adapter_spec(&self.args)?;
-        let mut lora = spec.lora.clone();
+        // From the model itself (a continued adapter keeps its own rank and targets).
+        let loras = self.model.loras();
+        let first = loras.first().ok_or_else(|| Error::msg("the model has no LoRA layers"))?;
+        let targets: Vec<String> = ALL_TARGETS
+            .iter()
+            .filter(|t| loras.iter().any(|l| l.name.rsplit('.').next() == Some(**t)))
+            .map(|t| t.to_string())
+            .collect();
+        let mut lora = first.cfg.clone();
         if self.args.pissa_init {
             lora.rank *= 2;
             lora.alpha *= if lora.use_rslora { std::f32::consts::SQRT_2 } else { 2.0 };
         }
-        Ok(AdapterConfig::new(&lora, &spec.targets, &self.base))
+        Ok(AdapterConfig::new(&lora, &targets, &self.base))
     }
 
     /// The trained result into `dir`: a PEFT adapter (LoRA) or the trained tensors (freeze/full).
