@@ -108,7 +108,10 @@ fn base_args(model: &str, out: &Path) -> Result<TrainArgs> {
 }
 
 /// Exact-match accuracy of greedy answers on the first `n` held-out date prompts.
-fn score(t: &Trainer<CpuBackend>, n: usize) -> Result<(f64, Vec<(String, String, String)>)> {
+/// (question, answer, expected) of a few scored prompts.
+type Samples = Vec<(String, String, String)>;
+
+fn score(t: &Trainer<CpuBackend>, n: usize) -> Result<(f64, Samples)> {
     let chat = t.chat.as_ref().expect("a real model has a tokenizer");
     let mut opts = loraforge::data::DataOptions {
         dataset: vec!["demo_dates_eval".into()],

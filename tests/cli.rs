@@ -343,13 +343,8 @@ fn train_config_errors_are_clear() {
     let (ok, _, err) = run(&["train", yaml.to_str().unwrap()]);
     assert!(!ok && err.contains("nope"), "{err}");
     // A run that does not fit the memory budget is refused before training, with advice.
-    let (ok, _, err) = run(&[
-        "train",
-        yaml.to_str().unwrap(),
-        "dataset=demo_identity",
-        "max_memory_gb=0.05",
-        "max_steps=1",
-    ]);
+    let (ok, _, err) =
+        run(&["train", yaml.to_str().unwrap(), "dataset=demo_identity", "max_memory_gb=0.05", "max_steps=1"]);
     assert!(!ok && err.contains("available") && err.contains("try:"), "{err}");
     assert!(!dir.join("o").join("adapter_model.safetensors").exists());
     let _ = std::fs::remove_dir_all(&dir);

@@ -3,6 +3,9 @@
 //! QLoRA (NF4) runs train; a run refuses an output_dir holding another run.
 //! Real-model tests need the fixture model (models/fetch.sh; .ci/setup runs it).
 
+// Configs read best as "defaults, then the fields this test changes".
+#![allow(clippy::field_reassign_with_default)]
+
 use loraforge::backend::CpuBackend;
 use loraforge::model::presets::random_model;
 use loraforge::model::{BaseQuant, ModelConfig};

@@ -2,6 +2,8 @@
 //! quantization) on a small Llama-shaped model give the CPU trainer's losses and gradient norms.
 //! Runs on lavapipe in CI (LORAFORGE_ALLOW_SOFTWARE_ADAPTER=1); without an adapter it prints SKIP.
 #![cfg(feature = "wgpu")]
+// Configs read best as "defaults, then the fields this test changes".
+#![allow(clippy::field_reassign_with_default)]
 
 use loraforge::backend::wgpu::WgpuBackend;
 use loraforge::backend::{Backend, CpuBackend};

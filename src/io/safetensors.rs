@@ -98,7 +98,7 @@ pub fn bytes_to_f32(dtype: Dtype, bytes: &[u8]) -> std::result::Result<Vec<f32>,
         Dtype::F16 | Dtype::BF16 => 2,
         d => return Err(format!("dtype {d:?} cannot be read as f32 (only F32, F16, BF16); use raw()")),
     };
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(format!("{} bytes is not a whole number of {dtype:?} values", bytes.len()));
     }
     Ok(match dtype {

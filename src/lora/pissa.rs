@@ -172,7 +172,11 @@ pub fn pissa_init(
     niter: usize,
     seed: u64,
 ) -> Result<PissaInit> {
-    if r == 0 || r > d_out.min(d_in) || w.len() != d_out * d_in || !(scale > 0.0) {
+    if r == 0
+        || r > d_out.min(d_in)
+        || w.len() != d_out * d_in
+        || scale.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+    {
         return Err(Error::msg(format!(
             "pissa_init: rank {r} for a ({d_out}, {d_in}) weight with scale {scale} is not possible"
         )));

@@ -81,7 +81,7 @@ impl ModelConfig {
         match (self.sliding_window, self.sliding_window_pattern) {
             (None, _) => false,
             (Some(_), None) => true,
-            (Some(_), Some(p)) => (l + 1) % p != 0,
+            (Some(_), Some(p)) => !(l + 1).is_multiple_of(p),
         }
     }
 
@@ -218,7 +218,7 @@ impl ModelConfig {
         if self.hidden_size == 0 || self.num_hidden_layers == 0 || self.vocab_size == 0 || self.head_dim == 0 {
             return bad(format!("config has a zero size: {self:?}"));
         }
-        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0 {
+        if self.num_key_value_heads == 0 || !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return bad(format!(
                 "{} attention heads are not a multiple of {} key/value heads",
                 self.num_attention_heads, self.num_key_value_heads
@@ -229,7 +229,7 @@ impl ModelConfig {
                 return bad(format!("{} layer types for {} layers", v.len(), self.num_hidden_layers));
             }
         }
-        if self.rotary_dim > self.head_dim || self.rotary_dim % 2 != 0 {
+        if self.rotary_dim > self.head_dim || !self.rotary_dim.is_multiple_of(2) {
             return bad(format!("rotary dim {} does not fit head dim {}", self.rotary_dim, self.head_dim));
         }
         Ok(self)

@@ -157,7 +157,7 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// Values of every trainable tensor (for checkpoints): (name, shape, data).
-    pub fn trainable_values(&mut self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn trainable_values(&mut self) -> Result<Vec<crate::train::checkpoint::NamedF32>> {
         let mut out = Vec::new();
         for p in self.params() {
             out.push((p.name.clone(), p.t.dims().to_vec(), p.t.to_vec()?));

@@ -27,7 +27,7 @@ pub fn attention<B: Backend>(
     if k.shape != want_kv || v.shape != want_kv {
         return Err(Error::ShapeMismatch { op: "attention k/v", lhs: k.shape.clone(), rhs: want_kv });
     }
-    if p.kv_heads == 0 || p.h % p.kv_heads != 0 {
+    if p.kv_heads == 0 || !p.h.is_multiple_of(p.kv_heads) {
         return Err(Error::InvalidArgument {
             op: "attention",
             msg: format!("{} query heads not a multiple of {} kv heads", p.h, p.kv_heads),

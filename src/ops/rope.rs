@@ -19,7 +19,7 @@ pub fn rope<B: Backend>(
         || d[3] != cfg.head_dim
         || positions.len() != d[0] * d[1]
         || cfg.rotary_dim > cfg.head_dim
-        || cfg.rotary_dim % 2 != 0
+        || !cfg.rotary_dim.is_multiple_of(2)
     {
         return Err(Error::BadShape {
             op: "rope",

@@ -213,7 +213,7 @@ impl GgmlType {
     /// Bytes of `n` elements; an error if `n` is not a whole number of blocks or the size overflows.
     pub fn row_bytes(self, n: usize) -> Result<usize> {
         let bs = self.block_size();
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return Err(Error::Quant {
                 format: self.name().into(),
                 msg: format!("{n} elements is not a multiple of the block size {bs}"),

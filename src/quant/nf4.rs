@@ -585,7 +585,7 @@ impl Nf4Matrix {
     /// Decodes elements [start, start + out.len()) of the flattened matrix into `out`.
     fn decode_range(&self, start: usize, out: &mut [f32]) {
         let bs = self.blocksize;
-        if start % 2 == 0 && bs % 2 == 0 {
+        if start.is_multiple_of(2) && bs.is_multiple_of(2) {
             // Fast path (every row of an even-width matrix): whole bytes, two codes each, the
             // block scale hoisted and the dtype rounding done once per segment. Same values as
             // the element loop below (tested: tests/quant_nf4.rs decodes bit-exactly either way).
@@ -757,7 +757,7 @@ fn f32_vec(t: &HfTensor<'_>, what: &str) -> Result<Vec<f32>> {
     if t.0 != Dtype::F32 {
         return Err(qerr(format!("{what}: dtype {:?}, expected F32", t.0)));
     }
-    if t.2.len() % 4 != 0 {
+    if !t.2.len().is_multiple_of(4) {
         return Err(qerr(format!("{what}: {} bytes is not a whole number of f32", t.2.len())));
     }
     Ok(t.2.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())

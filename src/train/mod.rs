@@ -18,6 +18,9 @@ pub mod step;
 pub mod trainer;
 use std::collections::HashMap;
 
+/// A parameter's AdamW moments by name: (name, exp_avg, exp_avg_sq).
+pub type Moments = (String, Vec<f32>, Vec<f32>);
+
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWConfig {
     /// Hyper-parameters in f64: an f32 0.999 is off by 1.3e-5 relative in 1 - β2.
@@ -115,7 +118,7 @@ impl<B: Backend> AdamW<B> {
 
     /// The moments of the named parameters, for a checkpoint: (name, m, v). Parameters that have
     /// not stepped yet are left out.
-    pub fn export_state(&self, b: &B, named: &[(String, VarId)]) -> Result<Vec<(String, Vec<f32>, Vec<f32>)>> {
+    pub fn export_state(&self, b: &B, named: &[(String, VarId)]) -> Result<Vec<Moments>> {
         let mut out = Vec::new();
         for (name, var) in named {
             if let Some((m, v)) = self.state.get(var) {

@@ -293,10 +293,11 @@ pub fn load_parts<B: Backend>(be: &B, args: &TrainArgs, notes: &mut Vec<String>)
         (tok, ChatTemplate::from_gguf(&f)?, Some(fingerprint_file(&path)?), quantized)
     };
     if args.quantization_bit.is_some() && stored_quantized {
-        notes.push(format!(
+        notes.push(
             "quantization_bit: the base is already quantized in its GGUF file; it is trained as stored (QLoRA on \
              GGUF blocks), quantization_bit applies only to dense (F32/F16/BF16) weights"
-        ));
+                .to_string(),
+        );
     }
     let template = match &args.template {
         Some(name) if !name.eq_ignore_ascii_case("default") || own_template.is_none() => {
@@ -752,12 +753,12 @@ impl<B: Backend> Trainer<B> {
             p.update(self.global_step, out.loss, lr, out.grad_norm, report.tokens_per_s);
         }
         let a = self.args.clone();
-        if self.global_step % a.logging_steps.max(1) == 0 || self.global_step == self.total_steps {
+        if self.global_step.is_multiple_of(a.logging_steps.max(1)) || self.global_step == self.total_steps {
             self.log_train(&report)?;
         }
         let eval_due = match a.eval_strategy {
             EvalStrategy::No => false,
-            EvalStrategy::Steps => self.global_step % a.eval_steps_value().max(1) == 0,
+            EvalStrategy::Steps => self.global_step.is_multiple_of(a.eval_steps_value().max(1)),
             EvalStrategy::Epoch => self.epoch_boundary(),
         };
         if eval_due {
@@ -768,7 +769,7 @@ impl<B: Backend> Trainer<B> {
         }
         let save_due = match a.save_strategy {
             SaveStrategy::No => false,
-            SaveStrategy::Steps => a.save_steps > 0 && self.global_step % a.save_steps == 0,
+            SaveStrategy::Steps => a.save_steps > 0 && self.global_step.is_multiple_of(a.save_steps),
             SaveStrategy::Epoch => self.epoch_boundary(),
         };
         if save_due && self.global_step < self.total_steps {
@@ -782,7 +783,7 @@ impl<B: Backend> Trainer<B> {
         match self.loader.batches_per_epoch() {
             Some(n) => {
                 let per_epoch = (n / self.args.gradient_accumulation_steps.max(1)).max(1);
-                self.global_step % per_epoch == 0
+                self.global_step.is_multiple_of(per_epoch)
             }
             None => false,
         }

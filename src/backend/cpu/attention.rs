@@ -107,7 +107,12 @@ impl AttnParams {
     #[track_caller]
     fn check(&self, q: usize, kv: usize, seg: Option<&[u32]>) {
         let p = self;
-        assert!(p.kv_heads > 0 && p.h % p.kv_heads == 0, "attention: H={} not a multiple of KV={}", p.h, p.kv_heads);
+        assert!(
+            p.kv_heads > 0 && p.h.is_multiple_of(p.kv_heads),
+            "attention: H={} not a multiple of KV={}",
+            p.h,
+            p.kv_heads
+        );
         assert_eq!(q, p.b * p.t * p.h * p.d, "attention: q-shaped buffer is not (B, T, H, D) = {p:?}");
         assert_eq!(kv, p.b * p.t * p.kv_heads * p.d, "attention: k/v-shaped buffer is not (B, T, KV, D) = {p:?}");
         if let Some(s) = seg {

@@ -66,7 +66,7 @@ impl DecodeParams {
     fn check(&self, q: usize, out: usize, k: usize, v: usize) {
         let p = self;
         assert!(
-            p.kv_heads > 0 && p.h % p.kv_heads == 0,
+            p.kv_heads > 0 && p.h.is_multiple_of(p.kv_heads),
             "attention_decode: H={} not a multiple of KV={}",
             p.h,
             p.kv_heads

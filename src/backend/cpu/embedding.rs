@@ -24,7 +24,7 @@ pub fn embedding_forward<T: Real>(
     table: &[T],   // (V, C)
     c: usize,
 ) {
-    assert!(c > 0 && table.len() % c == 0 && out.len() == ids.len() * c);
+    assert!(c > 0 && table.len().is_multiple_of(c) && out.len() == ids.len() * c);
     let v = table.len() / c;
     for (n, &id) in ids.iter().enumerate() {
         let id = id as usize;
@@ -40,7 +40,7 @@ pub fn embedding_backward<T: Real>(
     ids: &[u32],      // (N)
     c: usize,
 ) {
-    assert!(c > 0 && dtable.len() % c == 0 && dout.len() == ids.len() * c);
+    assert!(c > 0 && dtable.len().is_multiple_of(c) && dout.len() == ids.len() * c);
     let v = dtable.len() / c;
     for (n, &id) in ids.iter().enumerate() {
         let id = id as usize;

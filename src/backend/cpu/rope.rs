@@ -83,7 +83,7 @@ impl RopeConfig {
     #[track_caller]
     fn check(&self) {
         assert!(
-            self.rotary_dim % 2 == 0 && self.rotary_dim <= self.head_dim,
+            self.rotary_dim.is_multiple_of(2) && self.rotary_dim <= self.head_dim,
             "rope: rotary_dim {} must be even and <= head_dim {}",
             self.rotary_dim,
             self.head_dim
