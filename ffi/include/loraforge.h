@@ -1,6 +1,6 @@
 /*
  * loraforge.h: the C ABI of libloraforge (LoRA / QLoRA fine-tuning, chat and export).
- * Rust side: ffi/src/*.rs. ffi/tests/header.rs checks that every prototype, struct field, callback
+ * Rust side: ffi/src/ (*.rs). ffi/tests/header.rs checks that every prototype, struct field, callback
  * and constant here matches the Rust definitions, so the two cannot drift.
  *
  * The whole lifecycle (ffi/examples/finetune.c is this, with error checks):
