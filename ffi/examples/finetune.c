@@ -9,8 +9,9 @@
  *   cargo build -p loraforge-ffi
  *   cc -std=c99 -Wall -Wextra -Iffi/include ffi/examples/finetune.c -Ltarget/debug -lloraforge \
  *      -Wl,-rpath,$PWD/target/debug -o finetune
- *   ./finetune ~/.cache/loraforge/models/SmolLM2-135M-Instruct.Q4_1.gguf data /tmp/lf-out [tiny]
- * `tiny` (used under valgrind): version, devices, model load, a one-token chat, frees, misuse.
+ *   ./finetune ~/.cache/loraforge/models/SmolLM2-135M-Instruct.Q4_1.gguf data /tmp/lf-out [nomodel|tiny]
+ * `nomodel` (run under valgrind by the tests): version, devices, every misuse and error path, no model.
+ * `tiny` (under valgrind on request, ~4 min): nomodel + model load + a one-token chat + frees.
  */
 #include "loraforge.h"
 
@@ -84,22 +85,33 @@ static lf_train_params params_for(const char *model, const char *data, const cha
     return p;
 }
 
-/* The misuse the header promises to catch: NULL, double free, use after free, wrong handle type. */
+/* The misuse the header promises to catch: NULL, double free, use after free, wrong handle type,
+ * bad input; `freed` is a model handle already freed (or NULL to skip those checks). */
 static void misuse(lf_model *freed) {
     char *s = NULL;
-    EXPECT(lf_model_info(freed, &s) == LF_ERR_INVALID_ARGUMENT && s == NULL);
-    EXPECT(strstr(lf_last_error(), "not a live handle") != NULL);
-    lf_model_free(freed); /* double free: detected, nothing happens */
-    EXPECT(strstr(lf_last_error(), "not a live handle") != NULL);
-    EXPECT(lf_trainer_step((lf_trainer *)freed, NULL) == LF_ERR_INVALID_ARGUMENT);
+    if (freed != NULL) {
+        EXPECT(lf_model_info(freed, &s) == LF_ERR_INVALID_ARGUMENT && s == NULL);
+        EXPECT(strstr(lf_last_error(), "not a live handle") != NULL);
+        lf_model_free(freed); /* double free: detected, nothing happens */
+        EXPECT(strstr(lf_last_error(), "not a live handle") != NULL);
+        EXPECT(lf_trainer_step((lf_trainer *)freed, NULL) == LF_ERR_INVALID_ARGUMENT);
+    }
     EXPECT(lf_chat(NULL, "[]", NULL, NULL, NULL, NULL) == LF_ERR_INVALID_ARGUMENT);
     EXPECT(lf_model_new(NULL, NULL, NULL, NULL) == LF_ERR_INVALID_ARGUMENT);
+    lf_model *m = (lf_model *)&s;
+    EXPECT(lf_model_new("/nonexistent/model.gguf", NULL, NULL, &m) == LF_ERR_IO && m == NULL);
     lf_model_free(NULL);
     lf_trainer_free(NULL);
     lf_string_free(NULL);
     EXPECT(strcmp(lf_last_error(), "") == 0); /* free(NULL) is a successful no-op */
     lf_trainer *t = NULL;
-    EXPECT(lf_trainer_new_from_yaml("model_name_or_path: [unclosed", &t) != LF_OK && t == NULL);
+    EXPECT(lf_trainer_new_from_yaml("model_name_or_path: [unclosed", &t) == LF_ERR_CONFIG && t == NULL);
+    EXPECT(lf_trainer_new_from_json("{\"no_such_key\": 1}", &t) == LF_ERR_CONFIG && t == NULL);
+    EXPECT(strstr(lf_last_error(), "no_such_key") != NULL);
+    lf_train_params p = lf_train_default_params();
+    EXPECT(lf_trainer_new(&p, &t) == LF_ERR_INVALID_ARGUMENT && t == NULL); /* no model path */
+    EXPECT(lf_export("/nonexistent.gguf", NULL, 42, "/tmp/x", NULL, &s) == LF_ERR_INVALID_ARGUMENT && s == NULL);
+    EXPECT(lf_trainer_cancel(NULL) == LF_ERR_INVALID_ARGUMENT);
     printf("misuse detected as documented (last: %s)\n", lf_last_error());
 }
 
@@ -117,7 +129,7 @@ static void chat(lf_model *m, int max_tokens) {
 
 int main(int argc, char **argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: %s MODEL.gguf DATA_DIR OUT_DIR [tiny]\n", argv[0]);
+        fprintf(stderr, "usage: %s MODEL.gguf DATA_DIR OUT_DIR [nomodel|tiny]\n", argv[0]);
         return 2;
     }
     const char *model = argv[1], *data = argv[2], *out = argv[3];
@@ -129,7 +141,13 @@ int main(int argc, char **argv) {
     printf("devices: %s\n", devices);
     lf_string_free(devices);
 
+    if (argc > 4 && strcmp(argv[4], "nomodel") == 0) {
+        misuse(NULL);
+        printf("OK (nomodel)\n");
+        return 0;
+    }
     if (tiny) {
+        misuse(NULL);
         lf_model *m = NULL;
         CHECK(lf_model_new(model, NULL, NULL, &m));
         char *info = NULL;
