@@ -5,7 +5,8 @@
 //! its `nomodel` mode (version, devices, every misuse / error path) always, its `tiny` mode
 //! (+ model load and a one-token chat, 257 s) when asked with --ignored. The full lifecycle under
 //! valgrind takes far longer than a test may (training is ~50x slower there).
-//! Also: the shared library exports exactly the functions the header declares.
+//! Also: the shared library exports exactly the functions the header declares, and
+//! ffi/examples/finetune.py (Python ctypes) trains 2 steps and chats when python3 is present.
 //!
 //! Skips (with a message) when `cc` or `valgrind` is missing; the fixture model missing is a
 //! failure (models/fetch.sh; CI fetches it).
@@ -170,4 +171,25 @@ fn library_exports_exactly_the_header_functions() {
     declared.dedup();
     assert!(declared.len() >= 20, "found only {declared:?}");
     assert_eq!(exported, declared, "exported lf_ symbols vs header declarations");
+}
+
+/// ffi/examples/finetune.py (ctypes only): 2 training steps, save the adapter, chat with it.
+#[test]
+fn finetune_py_trains_and_chats() {
+    let model = model();
+    if !have("python3") {
+        eprintln!("skipping: no python3");
+        return;
+    }
+    let out = tmp("python");
+    let mut cmd = Command::new("python3");
+    cmd.arg(root().join("ffi/examples/finetune.py"))
+        .arg(&model)
+        .arg(root().join("data"))
+        .arg(&out)
+        .arg(lib_dir().join("libloraforge.so"));
+    let stdout = run(cmd, "finetune.py");
+    assert!(stdout.contains("step 2/2") && stdout.contains("OK (python)"));
+    assert!(out.join("adapter/adapter_config.json").is_file());
+    let _ = std::fs::remove_dir_all(&out);
 }
