@@ -182,8 +182,9 @@ typedef int (*lf_progress_cb)(const lf_progress *p, void *user);
 lf_train_params lf_train_default_params(void);
 
 /* Creates a trainer: loads the model and data and prepares the run (nothing is trained yet).
- * LF_ERR_CONFIG for bad values, unknown keys, a missing model or dataset, an output_dir that
- * holds another run. *out: caller frees with lf_trainer_free; NULL on failure. */
+ * LF_ERR_CONFIG for malformed YAML / JSON, bad values, unknown keys, a missing model or dataset,
+ * an output_dir that holds another run (LF_ERR_FORMAT for malformed params.extra_json).
+ * *out: caller frees with lf_trainer_free; NULL on failure. */
 int lf_trainer_new(const lf_train_params *params, lf_trainer **out);
 
 /* Same, from the text of a YAML config file (the keys of `loraforge train`). */

@@ -17,7 +17,7 @@ use std::ffi::{c_char, c_int};
 use std::sync::OnceLock;
 
 pub mod export;
-pub mod handle;
+mod handle;
 pub mod model;
 pub mod status;
 pub mod trainer;

@@ -170,8 +170,8 @@ fn handles_detect_null_freed_and_wrong_kind() {
 
 #[test]
 fn chat_arguments_are_parsed_strictly() {
-    let m = parse_messages(r#"[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]"#)
-        .unwrap();
+    let m =
+        parse_messages(r#"[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]"#).unwrap();
     assert_eq!((m.len(), m[1].role.as_str(), m[1].content.as_str()), (2, "user", "hi"));
     for (text, code, needle) in [
         ("[{\"role\": \"user\"", LF_ERR_FORMAT, "messages_json"),
@@ -274,8 +274,8 @@ fn default_params_are_the_config_defaults() {
     let extra = c("{\"lora_dropout\": 0.1, \"max_steps\": 9}");
     p.extra_json = extra.as_ptr();
     let json = unsafe { params_to_json(&p) }.unwrap();
-    let (args, _) = loraforge::train::args::TrainArgs::from_json_str(&serde_json::Value::Object(json).to_string())
-        .unwrap();
+    let (args, _) =
+        loraforge::train::args::TrainArgs::from_json_str(&serde_json::Value::Object(json).to_string()).unwrap();
     assert_eq!(args.dataset, vec!["a".to_string(), "b".to_string()]);
     assert_eq!(args.max_steps, Some(9), "extra_json overrides the fields");
     assert_eq!(args.lora_dropout, 0.1);
@@ -294,11 +294,7 @@ fn export_rejects_bad_arguments() {
             "base_model is NULL",
         );
         assert!(s.is_null());
-        expect(
-            lf_export(base.as_ptr(), null(), 7, dir.as_ptr(), null(), &mut s),
-            LF_ERR_INVALID_ARGUMENT,
-            "kind 7",
-        );
+        expect(lf_export(base.as_ptr(), null(), 7, dir.as_ptr(), null(), &mut s), LF_ERR_INVALID_ARGUMENT, "kind 7");
         expect(
             lf_export(base.as_ptr(), null(), LF_EXPORT_GGUF, null(), null(), &mut s),
             LF_ERR_INVALID_ARGUMENT,
@@ -359,7 +355,8 @@ fn chat_streams_stops_and_refuses_reentrant_calls() {
         let gen = c(r#"{"max_new_tokens": 12}"#);
         let mut probe = ChatProbe { model: m, pieces: 0, stop_after: 2, reentrant_status: -1 };
         let mut text: *mut c_char = dangling();
-        let st = lf_chat(m, msgs.as_ptr(), gen.as_ptr(), Some(chat_probe), &mut probe as *mut _ as *mut c_void, &mut text);
+        let st =
+            lf_chat(m, msgs.as_ptr(), gen.as_ptr(), Some(chat_probe), &mut probe as *mut _ as *mut c_void, &mut text);
         assert_eq!(st, LF_OK, "stopping from the callback is a normal end: {}", last());
         assert_eq!(probe.pieces, 2, "generation stops right after the callback asks");
         assert_eq!(probe.reentrant_status, LF_ERR_STATE, "a re-entrant call on the busy handle is refused");
@@ -409,12 +406,8 @@ unsafe extern "C" fn run_probe(p: *const LfProgress, user: *mut c_void) -> c_int
 #[test]
 fn trainer_cancel_from_callback_and_other_threads() {
     let out = tmp("cancel");
-    let (model, ds, dd, od) = (
-        c(fixture_model().to_str().unwrap()),
-        c("demo_identity"),
-        c(&data_dir()),
-        c(out.to_str().unwrap()),
-    );
+    let (model, ds, dd, od) =
+        (c(fixture_model().to_str().unwrap()), c("demo_identity"), c(&data_dir()), c(out.to_str().unwrap()));
     let mut p = lf_train_default_params();
     p.model_name_or_path = model.as_ptr();
     p.dataset = ds.as_ptr();

@@ -336,7 +336,8 @@ fn every_fallible_call_returns_a_status() {
 /// The parsers themselves, on a snippet with a deliberate mismatch: the comparison must fail.
 #[test]
 fn comparison_catches_a_drift() {
-    let c = parse_header("int lf_x(const char *path, lf_model **out); typedef struct lf_p { int32_t a; double b; } lf_p;");
+    let c =
+        parse_header("int lf_x(const char *path, lf_model **out); typedef struct lf_p { int32_t a; double b; } lf_p;");
     let mut r = Api::default();
     parse_rust(
         "pub extern \"C\" fn lf_x(path: *const c_char, out: *mut *mut LfModel) -> c_int {}\n\
