@@ -14,7 +14,7 @@
 //! Options: --steps N (default 60), --rank R (16), --lr X (2e-4), --batch B (8), --seq T (cutoff_len, 256),
 //! --eval-n N (prompts scored, 50), --out DIR (target/qlora_1b), --device auto|cpu|wgpu|cuda.
 
-use loraforge::backend::CpuBackend;
+use loraforge::backend::{resolve_device, Backend, CpuBackend, DeviceKind};
 use loraforge::data::demo::score_dates;
 use loraforge::data::DataStage;
 use loraforge::generate::generate;
@@ -111,7 +111,7 @@ fn base_args(model: &str, out: &Path) -> Result<TrainArgs> {
 /// (question, answer, expected) of a few scored prompts.
 type Samples = Vec<(String, String, String)>;
 
-fn score(t: &Trainer<CpuBackend>, n: usize) -> Result<(f64, Samples)> {
+fn score<B: Backend>(t: &Trainer<B>, n: usize) -> Result<(f64, Samples)> {
     let chat = t.chat.as_ref().expect("a real model has a tokenizer");
     let mut opts = loraforge::data::DataOptions {
         dataset: vec!["demo_dates_eval".into()],
@@ -156,7 +156,22 @@ fn main() {
     }
 }
 
+/// The best device: `--device` (default auto: CUDA, then a hardware wgpu adapter, then the CPU).
+fn device() -> Result<DeviceKind> {
+    let kind: DeviceKind = arg("--device").unwrap_or_else(|| "auto".into()).parse()?;
+    resolve_device(kind)
+}
+
 fn run() -> Result<()> {
+    match device()? {
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => run_on(loraforge::backend::wgpu::WgpuBackend::new()?),
+        DeviceKind::Cpu | DeviceKind::Auto => run_on(CpuBackend::new()),
+        other => Err(Error::msg(format!("device {other:?} is not available in this build"))),
+    }
+}
+
+fn run_on<B: Backend>(be: B) -> Result<()> {
     let out = PathBuf::from(arg("--out").unwrap_or_else(|| "target/qlora_1b".into()));
     if let Some(name) = arg("--random-init") {
         return random_init(&name, &out);
@@ -167,7 +182,6 @@ fn run() -> Result<()> {
     };
     let args = base_args(&model.display().to_string(), &out)?;
     let eval_n: usize = num("--eval-n", 50)?;
-    let be = CpuBackend::new();
     let mut t = Trainer::new(be, args, Vec::new())?;
     for n in &t.notes {
         println!("note: {n}");
@@ -217,6 +231,15 @@ fn run() -> Result<()> {
 }
 
 fn random_init(name: &str, out: &Path) -> Result<()> {
+    match device()? {
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => random_init_on(loraforge::backend::wgpu::WgpuBackend::new()?, name, out),
+        DeviceKind::Cpu | DeviceKind::Auto => random_init_on(CpuBackend::new(), name, out),
+        other => Err(Error::msg(format!("device {other:?} is not available in this build"))),
+    }
+}
+
+fn random_init_on<B: Backend>(be: B, name: &str, out: &Path) -> Result<()> {
     let cfg = preset_config(name)?;
     let mut args = base_args(&format!("random-init:{name}"), out)?;
     args.max_steps = Some(num("--steps", 3)?);
@@ -225,7 +248,6 @@ fn random_init(name: &str, out: &Path) -> Result<()> {
     args.logging_steps = 1;
     args.plot_loss = false;
     args.eval_dataset.clear();
-    let be = CpuBackend::new();
     let t0 = Instant::now();
     let spec = adapter_spec(&args)?;
     let model = random_model(&be, &cfg, &spec)?;

@@ -82,6 +82,7 @@ fn lora_sft_lowers_loss_and_writes_outputs() {
         "training_args.yaml",
         "training_loss.png",
         "training_eval_loss.png",
+        "eval_loss.png",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }

@@ -113,6 +113,10 @@ fn valgrind(mode: &str) {
         return;
     }
     let mut cmd = Command::new("valgrind");
+    // Hide the system's Vulkan drivers: loading Mesa's driver makes glibc's loader (dl-load.c,
+    // reading the driver's RPATH) trip valgrind, outside loraforge. Without drivers wgpu reports
+    // "no adapter", a path the example handles like any other.
+    cmd.env("VK_ICD_FILENAMES", "/nonexistent/icd.json").env("VK_DRIVER_FILES", "/nonexistent/icd.json");
     cmd.args(["--error-exitcode=1", "--leak-check=full", "--errors-for-leak-kinds=definite", "--quiet"])
         .arg(&exe)
         .arg(&model)

@@ -946,6 +946,11 @@ impl<B: Backend> Trainer<B> {
         if self.args.plot_loss {
             for p in plot::plot_loss(&out, &self.log_history)? {
                 eprintln!("wrote {}", p.display());
+                // LLaMA-Factory's name is training_eval_loss.png; eval_loss.png is the short one.
+                if p.file_name().is_some_and(|n| n == "training_eval_loss.png") {
+                    let short = out.join("eval_loss.png");
+                    std::fs::copy(&p, &short).map_err(|e| Error::io(&short, e))?;
+                }
             }
         }
         if self.args.do_predict {
