@@ -12,6 +12,7 @@ use loraforge::backend::CpuBackend;
 use loraforge::lora::LoraConfig;
 use loraforge::model::{load_gguf, AdapterSpec, Batch};
 use loraforge::rng::Rng;
+use loraforge::train::memory::peak_rss;
 use loraforge::train::step::train_step;
 use loraforge::train::{AdamW, AdamWConfig};
 use std::time::Instant;
@@ -19,18 +20,6 @@ use std::time::Instant;
 fn arg(name: &str) -> Option<String> {
     let a: Vec<String> = std::env::args().collect();
     a.iter().position(|x| x == name).and_then(|i| a.get(i + 1)).cloned()
-}
-
-/// Peak resident set size of this process (VmHWM), in bytes.
-fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
-        })
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
 }
 
 fn main() -> loraforge::Result<()> {

@@ -21,6 +21,7 @@ use loraforge::generate::generate;
 use loraforge::model::presets::{preset_config, random_model};
 use loraforge::tokenizer::template::Message;
 use loraforge::train::args::{DeviceChoice, FinetuningType, TrainArgs};
+use loraforge::train::memory::peak_rss;
 use loraforge::train::trainer::{adapter_spec, model_cache_dir, synthetic_data, ModelParts, Trainer};
 use loraforge::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -36,17 +37,6 @@ fn num<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
         None => Ok(default),
         Some(v) => v.parse().map_err(|_| Error::msg(format!("{name}: cannot parse `{v}`"))),
     }
-}
-
-/// Peak resident set size (VmHWM) in bytes.
-fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0u64)
-        * 1024
 }
 
 /// The default model: SmolLM2-135M-Instruct, fetched through models/fetch.sh when missing.
@@ -113,7 +103,7 @@ type Samples = Vec<(String, String, String)>;
 
 fn score<B: Backend>(t: &Trainer<B>, n: usize) -> Result<(f64, Samples)> {
     let chat = t.chat.as_ref().expect("a real model has a tokenizer");
-    let mut opts = loraforge::data::DataOptions {
+    let opts = loraforge::data::DataOptions {
         dataset: vec!["demo_dates_eval".into()],
         eval_dataset: vec!["demo_dates_eval".into()],
         dataset_dir: PathBuf::from(&t.args.dataset_dir),
@@ -129,7 +119,6 @@ fn score<B: Backend>(t: &Trainer<B>, n: usize) -> Result<(f64, Samples)> {
         seed: 0,
         default_system: None,
     };
-    opts.max_samples = Some(n);
     let items = loraforge::data::prepare_predict(&opts, chat)?;
     let gen = t.generate_config();
     let mut ok = 0;

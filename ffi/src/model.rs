@@ -51,11 +51,7 @@ pub type LfTokenCb = Option<unsafe extern "C" fn(piece: *const c_char, user: *mu
 
 /// GGUF llama-family bases store Q/K rows permuted for interleaved RoPE; adapters are in HF order.
 fn qk_permutation(cfg: &ModelConfig) -> Option<QkPermutation> {
-    (cfg.rope_layout == loraforge::backend::cpu::rope::RopeLayout::Interleaved).then_some(QkPermutation {
-        n_heads: cfg.num_attention_heads,
-        n_kv_heads: cfg.num_key_value_heads,
-        head_dim: cfg.head_dim,
-    })
+    QkPermutation::for_config(cfg)
 }
 
 fn load(path: &Path, adapter: Option<&Path>, template: Option<&str>) -> FfiResult<LfModel> {

@@ -94,7 +94,7 @@ pub enum Command {
     /// Architecture, parameter count, tensor types, context length, chat template, and the memory a
     /// model needs to run and to LoRA-train.
     Info {
-        /// A GGUF file.
+        /// A GGUF file or a Hugging Face model directory.
         path: Option<PathBuf>,
         /// List the compute devices loraforge can use here, with their features and limits.
         #[arg(long)]

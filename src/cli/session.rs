@@ -19,11 +19,7 @@ pub struct Loaded {
 
 /// GGUF llama-family bases store Q/K rows permuted for interleaved RoPE; adapters are in HF order.
 pub fn qk_permutation(cfg: &ModelConfig) -> Option<QkPermutation> {
-    (cfg.rope_layout == crate::backend::cpu::rope::RopeLayout::Interleaved).then_some(QkPermutation {
-        n_heads: cfg.num_attention_heads,
-        n_kv_heads: cfg.num_key_value_heads,
-        head_dim: cfg.head_dim,
-    })
+    QkPermutation::for_config(cfg)
 }
 
 pub fn load(model: &Path, adapter: Option<&Path>, template: Option<&str>) -> Result<Loaded> {

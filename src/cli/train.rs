@@ -5,7 +5,7 @@
 use crate::backend::{resolve_device, CpuBackend, DeviceKind};
 use crate::error::{Error, Result};
 use crate::train::args::{DeviceChoice, TrainArgs};
-use crate::train::memory::{human_bytes, MemoryPlan};
+use crate::train::memory::{human_bytes, peak_rss, MemoryPlan};
 use crate::train::trainer::{StopReason, Trainer};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -169,17 +169,6 @@ fn run<B: crate::backend::Backend>(be: B, args: TrainArgs, notes: Vec<String>) -
             Ok(())
         }
     }
-}
-
-/// Peak resident set size of this process (VmHWM), bytes; 0 where unknown.
-pub fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0u64)
-        * 1024
 }
 
 /// `loraforge export CONFIG.yaml`.

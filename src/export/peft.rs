@@ -115,6 +115,15 @@ pub struct QkPermutation {
 }
 
 impl QkPermutation {
+    /// The permutation a base of `cfg` needs: GGUF llama-family files store Q/K rows permuted for
+    /// interleaved RoPE, adapters are in Hugging Face order. None when the rows are HF-ordered.
+    pub fn for_config(cfg: &crate::model::ModelConfig) -> Option<Self> {
+        (cfg.rope_layout == crate::backend::cpu::rope::RopeLayout::Interleaved).then_some(QkPermutation {
+            n_heads: cfg.num_attention_heads,
+            n_kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+        })
+    }
     fn heads_for(&self, module: &str) -> Option<usize> {
         if module.ends_with("q_proj") {
             Some(self.n_heads)

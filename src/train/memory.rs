@@ -121,3 +121,14 @@ pub fn human_bytes(b: u64) -> String {
         format!("{:.0} KiB", b / 1024.0)
     }
 }
+
+/// Peak resident set size of this process (Linux VmHWM), in bytes; 0 where unknown.
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0u64)
+        * 1024
+}

@@ -20,7 +20,6 @@
 //! training_loss.png / eval_loss.png (plot_loss), checkpoint-N/ (save_steps, Ctrl-C),
 //! generated_predictions.jsonl + predict_results.json (do_predict).
 
-use crate::backend::cpu::rope::RopeLayout;
 use crate::backend::Backend;
 use crate::data::{self, DataOptions, DataPosition, DataStage, Example, Loader, PredictItem, PreparedData};
 use crate::error::{Context, Error, Result};
@@ -329,11 +328,7 @@ pub fn load_parts<B: Backend>(be: &B, args: &TrainArgs, notes: &mut Vec<String>)
         apply_pissa(be, &mut model, &spec, args.pissa_iter, notes)?;
     }
     if let Some(dir) = &resume_adapter {
-        let qk = (cfg.rope_layout == RopeLayout::Interleaved).then_some(QkPermutation {
-            n_heads: cfg.num_attention_heads,
-            n_kv_heads: cfg.num_key_value_heads,
-            head_dim: cfg.head_dim,
-        });
+        let qk = QkPermutation::for_config(&cfg);
         let meta = crate::export::peft::load_adapter(&mut model, dir, qk)
             .with_context(|| format!("loading adapter {}", dir.display()))?;
         crate::cli::session::check_base(&meta, &path, dir)?;
@@ -986,11 +981,7 @@ impl<B: Backend> Trainer<B> {
     }
 
     fn qk(&self) -> Option<QkPermutation> {
-        (self.cfg.rope_layout == RopeLayout::Interleaved).then_some(QkPermutation {
-            n_heads: self.cfg.num_attention_heads,
-            n_kv_heads: self.cfg.num_key_value_heads,
-            head_dim: self.cfg.head_dim,
-        })
+        QkPermutation::for_config(&self.cfg)
     }
 
     /// The adapter config written with the adapter. PiSSA adapters are saved converted for the
