@@ -19,12 +19,45 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-/// The directory holding the libloraforge.so built with this test (target/<profile>/deps).
+/// The directory holding a libloraforge.so built from this source tree (target/<profile>/deps).
+///
+/// `cargo test` does not build a cdylib-only library for integration tests (they cannot link it),
+/// so the first caller runs `cargo build -p loraforge-ffi --lib` with this test's profile and
+/// target directory: a no-op when the library is fresh, and never a stale library from an earlier
+/// build. Cargo releases its build lock before it runs the tests.
 fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap().to_path_buf();
-    assert!(deps.join("libloraforge.so").is_file(), "{} has no libloraforge.so", deps.display());
-    deps
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_cdylib).clone().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn build_cdylib() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let deps = exe.parent().ok_or("test executable has no directory")?.to_path_buf();
+    let profile_dir = deps.parent().ok_or("no profile directory")?;
+    let target_dir = profile_dir.parent().ok_or("no target directory")?;
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        // `cargo test` builds with the `test` profile into target/debug: asking for the same
+        // profile reuses the core rlib the tests were linked with (only the cdylib is linked).
+        Some("debug") => "test".to_string(),
+        Some(other) => other.to_string(),
+        None => return Err(format!("odd profile directory {}", profile_dir.display())),
+    };
+    let t = Instant::now();
+    let o = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "loraforge-ffi", "--lib", "--profile", &profile])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(root())
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !o.status.success() {
+        return Err(format!("cargo build -p loraforge-ffi failed:\n{}", String::from_utf8_lossy(&o.stderr)));
+    }
+    eprintln!("cargo build -p loraforge-ffi --lib: {:.1} s", t.elapsed().as_secs_f64());
+    if !deps.join("libloraforge.so").is_file() {
+        return Err(format!("{} has no libloraforge.so after cargo build", deps.display()));
+    }
+    Ok(deps)
 }
 
 fn model() -> PathBuf {
