@@ -10,6 +10,7 @@
 mod common;
 
 use common::*;
+use loraforge::backend::cpu::rope::RopeScaling;
 use loraforge::backend::CpuBackend;
 use loraforge::export::peft::{save_adapter, AdapterConfig, QkPermutation};
 use loraforge::export::{export, ExportKind, ExportOptions};
@@ -52,6 +53,11 @@ fn tmp(tag: &str) -> PathBuf {
 
 /// Writes the tiny base GGUF to `path`; `tokenizer_model` replaces tokenizer.ggml.model.
 fn tiny_base(path: &Path, tokenizer_model: &str) {
+    tiny_base_with(path, tokenizer_model, None)
+}
+
+/// `tiny_base`, plus a Llama 3.1+ `rope_freqs.weight` tensor when given.
+fn tiny_base_with(path: &Path, tokenizer_model: &str, rope_freqs: Option<&[f32]>) {
     let src = GgufFile::open(smollm2_path().unwrap()).unwrap();
     let mut w = GgufWriter::new();
     let u = |x: usize| GgufValue::U32(x as u32);
@@ -104,6 +110,9 @@ fn tiny_base(path: &Path, tokenizer_model: &str) {
         norm(&mut w, format!("blk.{l}.ffn_norm.weight"));
     }
     norm(&mut w, "output_norm.weight".into());
+    if let Some(f) = rope_freqs {
+        w.add_tensor("rope_freqs.weight", &[f.len()], GgmlType::F32, quantize(GgmlType::F32, f).unwrap()).unwrap();
+    }
     w.write(path).unwrap();
 }
 
@@ -620,4 +629,57 @@ fn hf_base_round_trips_to_gguf_and_dora_adapter_is_refused() {
     assert!(!out.join("ad").exists());
     std::fs::remove_dir_all(&out).ok();
     std::fs::remove_dir_all(fx.base.parent().unwrap()).ok();
+}
+
+/// A Llama 3.2-style base (llama3 RoPE scaling stored as llama.cpp's `rope_freqs.weight`, no
+/// metadata) exports to an HF directory whose config.json says `rope_type: llama3` with Meta's
+/// parameters, and back to a GGUF whose `rope_freqs.weight` equals llama.cpp's values; the logits
+/// agree at every step (f32 export: only rounding differs).
+#[test]
+fn llama3_rope_scaling_survives_gguf_to_hf_to_gguf() {
+    if smollm2_path().is_none() {
+        return;
+    }
+    let dir = tmp("llama3-rope");
+    std::fs::create_dir_all(&dir).unwrap();
+    let factors = llama3_rope_freqs_like_llama_cpp(D, 100000.0, 32.0, 1.0, 4.0, 8192.0);
+    let ramp = factors.iter().filter(|&&x| x != 1.0 && x != 32.0).count();
+    assert!(ramp >= 2, "the test needs frequencies on the ramp: {factors:?}");
+    let base = dir.join("llama32.gguf");
+    tiny_base_with(&base, "gpt2", Some(&factors));
+    let be = CpuBackend::new();
+    let spec = AdapterSpec::default();
+    let (m0, c0) = load_gguf(&be, &base, &spec).unwrap();
+    assert_eq!(
+        c0.rope_scaling,
+        RopeScaling::Llama3 { factor: 32.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position: 8192 }
+    );
+    let b = batch();
+    let z0 = m0.logits(&b).unwrap();
+
+    let hf = dir.join("hf");
+    export(&base, &[], &ExportOptions { dtype: "float32".into(), ..opts(ExportKind::Safetensors, hf.clone()) })
+        .unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    let rs = &cfg["rope_scaling"];
+    assert_eq!(rs["rope_type"], "llama3", "{cfg}");
+    assert_eq!((rs["factor"].as_f64(), rs["original_max_position_embeddings"].as_u64()), (Some(32.0), Some(8192)));
+    let (m1, _) = load_hf(&be, &hf, &spec).unwrap();
+    let e1 = max_abs(&m1.logits(&b).unwrap(), &z0);
+
+    let gg = dir.join("gguf");
+    export(&hf, &[], &ExportOptions { dtype: "float32".into(), ..opts(ExportKind::Gguf, gg.clone()) }).unwrap();
+    let g = GgufFile::open(gg.join("model-f32.gguf")).unwrap();
+    let written = g.dequantize_tensor("rope_freqs.weight").unwrap();
+    assert_eq!(written.len(), factors.len());
+    for (a, b) in written.iter().zip(&factors) {
+        assert!(((a - b) / b).abs() < 1e-5, "rope_freqs {written:?} vs llama.cpp's {factors:?}");
+    }
+    assert!(g.get("llama.rope.scaling.type").is_none(), "llama.cpp's converter writes no scaling metadata for llama3");
+    let (m2, _) = load_gguf(&be, gg.join("model-f32.gguf"), &spec).unwrap();
+    let e2 = max_abs(&m2.logits(&b).unwrap(), &z0);
+    eprintln!("llama3 RoPE: GGUF -> HF max abs {e1:.2e}, -> GGUF max abs {e2:.2e}");
+    assert!(e1 < 1e-4 && e2 < 1e-4, "{e1} {e2}");
+    std::fs::remove_dir_all(&dir).ok();
 }

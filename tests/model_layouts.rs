@@ -67,6 +67,23 @@ impl Family {
     fn post_norms(&self) -> bool {
         matches!(self.arch, "gemma2" | "gemma3")
     }
+    /// For `rope_type: llama3`, the `rope_freqs.weight` llama.cpp's converter writes.
+    fn llama3_rope(&self) -> Option<Vec<f32>> {
+        let rs = self.hf.get("rope_scaling")?;
+        if rs["rope_type"] != "llama3" {
+            return None;
+        }
+        let g = |k: &str| rs[k].as_f64().unwrap() as f32;
+        let theta = self.hf["rope_theta"].as_f64().unwrap() as f32;
+        Some(llama3_rope_freqs_like_llama_cpp(
+            D,
+            theta,
+            g("factor"),
+            g("low_freq_factor"),
+            g("high_freq_factor"),
+            g("original_max_position_embeddings"),
+        ))
+    }
     /// llama.cpp's converter writes Mistral as the `llama` architecture.
     fn gguf_arch(&self) -> &'static str {
         if self.arch == "mistral" {
@@ -260,7 +277,7 @@ fn write_both(f: &Family, mode: Mode, seed: u64) -> (PathBuf, PathBuf) {
         }
         q8.push(None);
     }
-    let dir = temp_dir(&format!("{}-{mode:?}", f.arch));
+    let dir = temp_dir(&format!("{}-{mode:?}{}", f.arch, if f.llama3_rope().is_some() { "-llama3" } else { "" }));
 
     // ---- Hugging Face directory
     let mut cfg = json!({
@@ -333,7 +350,10 @@ fn write_both(f: &Family, mode: Mode, seed: u64) -> (PathBuf, PathBuf) {
     if !f.gguf.iter().any(|(key, _)| *key == "rope.dimension_count") {
         w.add(k("rope.dimension_count"), D as u32).unwrap();
     }
-    if let Some(rs) = f.hf.get("rope_scaling").or_else(|| f.hf.pointer("/rope_parameters/full_attention")) {
+    if let Some(factors) = f.llama3_rope() {
+        // Llama 3.1+: no scaling metadata, a tensor of per-frequency divisors instead.
+        w.add_tensor("rope_freqs.weight", &[factors.len()], GgmlType::F32, f32_bytes(&factors)).unwrap();
+    } else if let Some(rs) = f.hf.get("rope_scaling").or_else(|| f.hf.pointer("/rope_parameters/full_attention")) {
         let ty = rs.get("rope_type").or_else(|| rs.get("type")).unwrap().as_str().unwrap();
         w.add(k("rope.scaling.type"), ty).unwrap();
     }
@@ -384,8 +404,12 @@ fn batch(seed: u64) -> Batch {
 /// Loads both layouts, checks the configs agree on what matters and the logits within `tol`.
 /// Returns the max abs difference.
 fn check(arch: &str, mode: Mode, tol: f32) -> f32 {
-    let f = family(arch);
-    let (dir, gguf) = write_both(&f, mode, 7 + arch.len() as u64);
+    check_family(&family(arch), mode, tol)
+}
+
+fn check_family(f: &Family, mode: Mode, tol: f32) -> f32 {
+    let arch = f.arch;
+    let (dir, gguf) = write_both(f, mode, 7 + arch.len() as u64);
     let be = CpuBackend::new();
     let spec = AdapterSpec::default();
     let (hf_model, hf_cfg) = load_hf(&be, &dir, &spec).unwrap();
@@ -451,6 +475,63 @@ fn gemma3_hf_and_gguf_logits_match() {
 #[test]
 fn phi3_hf_and_gguf_logits_match() {
     check("phi3", Mode::F32, TOL_F32);
+}
+
+/// Llama 3.1/3.2 GGUFs carry their `llama3` RoPE scaling as `rope_freqs.weight` (one divisor per
+/// frequency) and no metadata; the HF side has `rope_scaling: {rope_type: llama3}`. With head dim
+/// 16, theta 5e5 and an original context of 256, the 8 frequencies cover all three regions of the
+/// formula (2 unchanged, 1 on the ramp, 5 divided by the factor), so the loader must recover the
+/// exact parameters (checked in `check_family`: the two configs' scalings are equal) and the logits
+/// must agree to the f32 bound.
+#[test]
+fn llama31_rope_freqs_gguf_matches_hf_llama3_scaling() {
+    let mut f = family("llama");
+    f.hf = json!({"rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+        "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 256}});
+    f.gguf = vec![("rope.freq_base", 500000.0)];
+    let factors = f.llama3_rope().unwrap();
+    let (ones, full) = (factors.iter().filter(|&&x| x == 1.0).count(), factors.iter().filter(|&&x| x == 8.0).count());
+    assert_eq!((ones, full, factors.len()), (2, 5, 8), "{factors:?}");
+    check_family(&f, Mode::F32, TOL_F32);
+    // The scaling matters at these positions: the same GGUF without the tensor gives other logits.
+    let (dir, gguf) = write_both(&f, Mode::F32, 3);
+    let be = CpuBackend::new();
+    let spec = AdapterSpec::default();
+    let scaled = load_gguf(&be, &gguf, &spec).unwrap().0.logits(&batch(5)).unwrap();
+    let plain = load_hf(
+        &be,
+        &{
+            let mut c: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+            c["rope_scaling"] = json!(null);
+            std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+            dir.clone()
+        },
+        &spec,
+    )
+    .unwrap()
+    .0
+    .logits(&batch(5))
+    .unwrap();
+    let d = scaled.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(d > 1e-3, "llama3 scaling changed the logits by only {d:e}");
+    // Factors that follow no Llama 3 formula are refused with a clear error, not guessed.
+    let mut bad = f.llama3_rope().unwrap();
+    bad[0] = 3.0;
+    let mut w = GgufWriter::new();
+    let src = loraforge::io::gguf::GgufFile::open(&gguf).unwrap();
+    for (k, v) in src.metadata() {
+        w.add(k.clone(), v.clone()).unwrap();
+    }
+    for t in src.tensors() {
+        let bytes = if t.name == "rope_freqs.weight" { f32_bytes(&bad) } else { src.tensor_bytes(t).unwrap().to_vec() };
+        w.add_tensor(t.name.clone(), &t.shape, t.ty, bytes).unwrap();
+    }
+    let bad_path = dir.join("bad.gguf");
+    w.write(&bad_path).unwrap();
+    let e = load_gguf(&be, &bad_path, &spec).err().expect("bad rope_freqs loaded").to_string();
+    assert!(e.contains("rope_freqs.weight") && e.contains("Llama 3"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// bf16 checkpoints stay BF16 frozen matrices; the GGUF side holds the same (bf16-exact) values in

@@ -17,7 +17,7 @@
 //!   as scale · r (rsLoRA's alpha/√r becomes an equivalent alpha).
 
 use super::merge::{permute_qk_rows, proj_shape, ExportTensor, LoadedAdapter, PROJ};
-use crate::backend::cpu::rope::RopeScaling;
+use crate::backend::cpu::rope::{llama3_rope_factors, RopeConfig, RopeLayout, RopeScaling};
 use crate::error::{Error, Result};
 use crate::io::gguf::{GgufValue, GgufWriter};
 use crate::model::names::{self, Role};
@@ -203,12 +203,16 @@ pub fn model_kv(cfg: &ModelConfig, name: &str, q: GgufQuant) -> Result<Vec<(Stri
             kv.push((k("rope.scaling.factor"), GgufValue::F32(factor)));
             kv.push((k("rope.scaling.original_context_length"), u(original_max_position)));
         }
+        // No metadata: llama.cpp reads it from the `rope_freqs.weight` tensor (see `rope_freqs`).
+        RopeScaling::Llama3 { .. } if gguf_arch(&cfg.arch) == "llama" => {}
         RopeScaling::Llama3 { .. } => {
             return Err(Error::InvalidArgument {
                 op: "export",
-                msg: "Llama 3 RoPE scaling needs llama.cpp's rope_freqs tensor, which loraforge does not write yet; \
-                      export safetensors and convert with convert_hf_to_gguf.py"
-                    .into(),
+                msg: format!(
+                    "Llama 3 RoPE scaling on architecture {}: llama.cpp reads rope_freqs.weight only for llama; \
+                     export safetensors instead",
+                    cfg.arch
+                ),
             })
         }
     }
@@ -222,6 +226,19 @@ pub fn model_kv(cfg: &ModelConfig, name: &str, q: GgufQuant) -> Result<Vec<(Stri
         kv.push((k("final_logit_softcapping"), GgufValue::F32(c)));
     }
     Ok(kv)
+}
+
+/// The `rope_freqs.weight` tensor llama.cpp's converter writes for `rope_type: llama3` (Llama 3.1+):
+/// one f32 divisor per rotary frequency. `None` for every other scaling.
+pub fn rope_freqs(cfg: &ModelConfig) -> Option<Vec<f32>> {
+    let rope = RopeConfig {
+        head_dim: cfg.head_dim,
+        rotary_dim: cfg.rotary_dim,
+        theta: cfg.rope_theta,
+        layout: RopeLayout::HalfSplit,
+        scaling: cfg.rope_scaling,
+    };
+    llama3_rope_factors(&rope)
 }
 
 /// Converts one HF-layout tensor to its GGUF layout (llama Q/K permutation, Gemma norms + 1).

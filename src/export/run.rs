@@ -397,6 +397,10 @@ fn write_gguf(
     if let Some(t) = template {
         w.add("tokenizer.chat_template", t.source())?;
     }
+    if let Some(f) = gguf_out::rope_freqs(cfg) {
+        let bytes: Vec<u8> = f.iter().flat_map(|x| x.to_le_bytes()).collect();
+        w.add_tensor("rope_freqs.weight", &[f.len()], GgmlType::F32, bytes)?;
+    }
     let model = load_cpu(model_path)?;
     let mut notes = Vec::new();
     for_each_tensor(&model, cfg, adapters, |t| {

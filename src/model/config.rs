@@ -14,7 +14,7 @@
 //! are split by rows at load time, so the config is the same as for the unfused families.
 
 use super::block::BlockConfig;
-use crate::backend::cpu::rope::{RopeConfig, RopeLayout, RopeScaling};
+use crate::backend::cpu::rope::{llama3_from_factors, RopeConfig, RopeLayout, RopeScaling};
 use crate::error::{Error, Result};
 use crate::io::gguf::GgufFile;
 use serde_json::Value;
@@ -168,12 +168,48 @@ impl ModelConfig {
                 msg: "LongRoPE factors (rope_factors_long/short, Phi-3 128k GGUFs) are not supported yet".into(),
             });
         }
-        if f.tensor("rope_freqs.weight").is_ok() {
-            return Err(Error::Format {
+        let rotary_dim = opt_usize("rope.dimension_count").unwrap_or(head_dim);
+        let rope_theta = opt_f32("rope.freq_base").unwrap_or(10000.0);
+        // Llama 3.1+ GGUFs carry the llama3 scaling as per-frequency divisors, not as metadata.
+        let rope_scaling = if f.tensor("rope_freqs.weight").is_ok() {
+            if !rotary_dim.is_multiple_of(2) || rotary_dim > head_dim {
+                return Err(Error::Format {
+                    path: f.path().into(),
+                    msg: format!("rope.dimension_count {rotary_dim} does not fit head dim {head_dim}"),
+                });
+            }
+            let factors = f.dequantize_tensor("rope_freqs.weight")?;
+            let rope = RopeConfig {
+                head_dim,
+                rotary_dim,
+                theta: rope_theta,
+                layout: RopeLayout::HalfSplit,
+                scaling: RopeScaling::None,
+            };
+            if factors.len() != rotary_dim / 2 || rope_scaling != RopeScaling::None {
+                return Err(Error::Format {
+                    path: f.path().into(),
+                    msg: format!(
+                        "rope_freqs.weight has {} values for rotary dim {rotary_dim} (needs {}){}",
+                        factors.len(),
+                        rotary_dim / 2,
+                        if rope_scaling != RopeScaling::None {
+                            " and the file also sets rope.scaling.type"
+                        } else {
+                            ""
+                        }
+                    ),
+                });
+            }
+            llama3_from_factors(&rope, &factors).ok_or_else(|| Error::Format {
                 path: f.path().into(),
-                msg: "per-frequency RoPE factors (rope_freqs.weight, Llama 3.1+ GGUFs) are not supported yet".into(),
-            });
-        }
+                msg: "rope_freqs.weight holds per-frequency RoPE factors that do not follow Llama 3's \
+                      formula (the only one loraforge knows for this tensor)"
+                    .into(),
+            })?
+        } else {
+            rope_scaling
+        };
         let cfg = ModelConfig {
             vocab_size: vocab,
             hidden_size: hidden,
@@ -183,10 +219,10 @@ impl ModelConfig {
             num_key_value_heads: kv_heads,
             head_dim,
             rms_norm_eps: opt_f32("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
-            rope_theta: opt_f32("rope.freq_base").unwrap_or(10000.0),
+            rope_theta,
             rope_local_theta: if arch == "gemma3" { Some(10000.0) } else { None },
             rope_scaling,
-            rotary_dim: opt_usize("rope.dimension_count").unwrap_or(head_dim),
+            rotary_dim,
             // llama.cpp permutes Q/K rows for the llama architecture (its "normal" RoPE);
             // the other families use rotate-half (NEOX) as stored.
             rope_layout: if arch == "llama" { RopeLayout::Interleaved } else { RopeLayout::HalfSplit },

@@ -116,3 +116,33 @@ pub fn fixtures_dir() -> PathBuf {
     }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("shared").join("fixtures")
 }
+
+/// llama.cpp's `rope_freqs.weight` for `rope_type: llama3`, computed as `convert_hf_to_gguf.py`
+/// does (`LlamaModel.generate_extra_tensors`, f32 arithmetic as torch does it): an independent
+/// reimplementation to check the loader's and exporter's f64 formula against.
+pub fn llama3_rope_freqs_like_llama_cpp(
+    rot: usize,
+    theta: f32,
+    factor: f32,
+    low_freq_factor: f32,
+    high_freq_factor: f32,
+    old_context_len: f32,
+) -> Vec<f32> {
+    let low_freq_wavelen = old_context_len / low_freq_factor;
+    let high_freq_wavelen = old_context_len / high_freq_factor;
+    (0..rot)
+        .step_by(2)
+        .map(|i| {
+            let freq = 1.0 / theta.powf(i as f32 / rot as f32);
+            let wavelen = 2.0 * std::f32::consts::PI / freq;
+            if wavelen < high_freq_wavelen {
+                1.0
+            } else if wavelen > low_freq_wavelen {
+                factor
+            } else {
+                let smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect()
+}

@@ -171,6 +171,58 @@ pub fn rope_inv_freq(cfg: &RopeConfig) -> (Vec<f64>, f64) {
     }
 }
 
+/// llama.cpp's per-frequency RoPE divisors (`rope_freqs.weight` in Llama 3.1+ GGUFs): the ratio
+/// default inv_freq / scaled inv_freq for each of the rot/2 frequencies, as `convert_hf_to_gguf.py`
+/// computes them for `rope_type: llama3` (1 for high frequencies, `factor` for low ones, the smooth
+/// ramp between). llama.cpp divides each angle by its factor. `None` for the other scalings, whose
+/// GGUF form is metadata only.
+pub fn llama3_rope_factors(cfg: &RopeConfig) -> Option<Vec<f32>> {
+    if !matches!(cfg.scaling, RopeScaling::Llama3 { .. }) {
+        return None;
+    }
+    let plain = RopeConfig { scaling: RopeScaling::None, ..*cfg };
+    let (default, _) = rope_inv_freq(&plain);
+    let (scaled, _) = rope_inv_freq(cfg);
+    Some(default.iter().zip(&scaled).map(|(d, s)| (d / s) as f32).collect())
+}
+
+/// The inverse of [`llama3_rope_factors`]: the `Llama3` scaling whose factors equal `factors`
+/// (relative difference <= 1e-4; the file's values were computed in f32). `cfg.scaling` is ignored.
+/// All-ones factors give `RopeScaling::None`. The formula depends on `original_max_position`
+/// only through orig / low_freq_factor and orig / high_freq_factor, so the search fixes the
+/// parameters Meta uses (low 1, high 4, original 8192) first and then tries other common values;
+/// any match is an exactly equivalent model. `None` when no Llama 3 scaling reproduces the factors.
+pub fn llama3_from_factors(cfg: &RopeConfig, factors: &[f32]) -> Option<RopeScaling> {
+    if factors.len() != cfg.rotary_dim / 2 || factors.iter().any(|f| !f.is_finite() || *f <= 0.0) {
+        return None;
+    }
+    if factors.iter().all(|&f| (f - 1.0).abs() <= 1e-6) {
+        return Some(RopeScaling::None);
+    }
+    let factor = factors.iter().fold(0.0f32, |m, &f| m.max(f));
+    let matches = |s: RopeScaling| {
+        let c = RopeConfig { scaling: s, ..*cfg };
+        let got = llama3_rope_factors(&c).expect("llama3");
+        got.iter().zip(factors).all(|(a, b)| ((a - b) / b).abs() <= 1e-4)
+    };
+    let mut origs: Vec<usize> = vec![8192];
+    origs.extend((6..=21).map(|k| 1usize << k).filter(|&o| o != 8192));
+    for &orig in &origs {
+        for (low, high) in [(1.0, 4.0), (1.0, 2.0), (1.0, 8.0), (1.0, 16.0), (1.0, 32.0), (0.5, 4.0), (2.0, 8.0)] {
+            let s = RopeScaling::Llama3 {
+                factor,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position: orig,
+            };
+            if matches(s) {
+                return Some(s);
+            }
+        }
+    }
+    None
+}
+
 /// Rotates every head of one token: out_tok (+)= R(cos, sin) x_tok, or R^T when `transpose`.
 /// `cos` / `sin` (h) already include the attention scaling. Sums are done in f64.
 #[allow(clippy::too_many_arguments)]
