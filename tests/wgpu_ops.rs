@@ -196,6 +196,85 @@ fn quant_linear_dense_weight() {
     assert_close(&got, &want, Tol::EXACT, "row_norms");
 }
 
+/// The packed frozen-weight path: every format with a device decoder (quant_decode.wgsl) uploaded
+/// packed (asserted: a silent fallback to f32 would prove nothing), then dequantize,
+/// embedding_quant, quant_linear (+ bias) and its input gradient against the CPU backend, which
+/// decodes with src/quant. Shapes: 67 rows (a 64-row tile + 3), 3 blocks of 32 or 2 of 256 per
+/// row, n = 5 and 70 tokens (one and two tiles); NF4 with 33 columns so its 64-element blocks
+/// straddle rows and bytes split across rows.
+///
+/// Tolerances: decoding does the CPU's f32 operations in the same order: equal up to a fused
+/// multiply-add (1 ulp), so 1e-6 relative. The products accumulate in f32 in tile order while the
+/// CPU sums differently: for K <= 512 terms with |x| <= 1 and |w| <~ 1 the difference is ~sqrt(K)
+/// eps sum|x w| <~ 1e-4; 3e-4 abs + 1e-4 rel, while any decoding error (a wrong nibble, scale or
+/// offset) moves outputs by O(0.01-1).
+#[test]
+fn quant_formats_fused_decode_matches_cpu() {
+    use loraforge::dtype::DType;
+    use loraforge::quant::ggml::{GgmlMatrix, GgmlType};
+    use loraforge::quant::int8::Int8Matrix;
+    use loraforge::quant::nf4::Nf4Matrix;
+    use loraforge::quant::DequantRows;
+    let g = gpu_or_skip!();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(21);
+    let rows = 67;
+    let mut cases: Vec<(String, loraforge::backend::HostQuant)> = Vec::new();
+    for (ty, cols) in [
+        (GgmlType::Q4_0, 96),
+        (GgmlType::Q4_1, 96),
+        (GgmlType::Q5_0, 96),
+        (GgmlType::Q5_1, 96),
+        (GgmlType::Q8_0, 96),
+        (GgmlType::Q4_K, 512),
+        (GgmlType::Q5_K, 512),
+        (GgmlType::Q6_K, 512),
+        (GgmlType::F16, 45),
+        (GgmlType::BF16, 45),
+    ] {
+        let w = rand_f32(&mut rng, rows * cols, -1.0, 1.0);
+        cases.push((ty.name().into(), Arc::new(GgmlMatrix::quantize(ty, rows, cols, &w).unwrap())));
+    }
+    for (dq, dtype) in [(false, DType::F32), (true, DType::F32), (true, DType::BF16), (false, DType::F16)] {
+        let w = rand_f32(&mut rng, rows * 33, -1.0, 1.0);
+        let m = Nf4Matrix::quantize_as(&w, rows, 33, 64, dq, dtype).unwrap();
+        cases.push((format!("{} {dtype:?}", m.format_name()), Arc::new(m)));
+    }
+    let w = rand_f32(&mut rng, rows * 50, -1.0, 1.0);
+    cases.push(("int8".into(), Arc::new(Int8Matrix::quantize(&w, rows, 50).unwrap())));
+
+    let decode_tol = Tol { abs: 1e-7, rel: 1e-6 };
+    let mm_tol = Tol { abs: 3e-4, rel: 1e-4 };
+    for (name, q) in cases {
+        let cols = q.cols();
+        let (gq, cq) = (g.upload_quant(q.clone()).unwrap(), c.upload_quant(q).unwrap());
+        assert!(gq.is_packed(), "{name}: not uploaded packed");
+        assert_eq!(g.quant_shape(&gq), (rows, cols));
+        let want = cdown(&c.dequantize(&cq).unwrap());
+        assert_close(&down(g, &g.dequantize(&gq).unwrap()), &want, decode_tol, &format!("{name} dequantize"));
+        let ids = [66u32, 0, 3, 3, 65];
+        assert_close(
+            &down(g, &g.embedding_quant(&ids, &gq).unwrap()),
+            &cdown(&c.embedding_quant(&ids, &cq).unwrap()),
+            decode_tol,
+            &format!("{name} embedding_quant"),
+        );
+        assert!(g.embedding_quant(&[67], &gq).is_err(), "{name}: id out of range accepted");
+        let bias = rand_f32(&mut rng, rows, -1.0, 1.0);
+        for n in [5, 70] {
+            let x = rand_f32(&mut rng, n * cols, -1.0, 1.0);
+            let dy = rand_f32(&mut rng, n * rows, -1.0, 1.0);
+            let got = down(g, &g.quant_linear(&up(g, &x), &gq, Some(&up(g, &bias)), n).unwrap());
+            let want = cdown(&c.quant_linear(&c.upload(&x).unwrap(), &cq, Some(&c.upload(&bias).unwrap()), n).unwrap());
+            assert_close(&got, &want, mm_tol, &format!("{name} quant_linear n={n}"));
+            let got = down(g, &g.quant_linear_backward(&up(g, &dy), &gq, n).unwrap());
+            let want = cdown(&c.quant_linear_backward(&c.upload(&dy).unwrap(), &cq, n).unwrap());
+            assert_close(&got, &want, mm_tol, &format!("{name} quant_linear_backward n={n}"));
+        }
+        println!("{name}: packed decode, quant_linear and backward match the CPU");
+    }
+}
+
 /// f32 tree sum of C squares vs f64: relative error ~ log2(C) eps; rstd and out to ~1e-6 relative.
 #[test]
 fn rms_norm_forward_backward() {

@@ -1169,4 +1169,27 @@ impl DequantRows for GgmlMatrix {
     fn storage_bytes(&self) -> usize {
         self.data.len()
     }
+    fn device_blocks(&self) -> Option<super::DeviceBlocks> {
+        use super::DeviceFormat as F;
+        let format = match self.ty {
+            GgmlType::Q4_0 => F::Q4_0,
+            GgmlType::Q4_1 => F::Q4_1,
+            GgmlType::Q5_0 => F::Q5_0,
+            GgmlType::Q5_1 => F::Q5_1,
+            GgmlType::Q8_0 => F::Q8_0,
+            GgmlType::Q4_K => F::Q4K,
+            GgmlType::Q5_K => F::Q5K,
+            GgmlType::Q6_K => F::Q6K,
+            GgmlType::F16 => F::F16,
+            GgmlType::BF16 => F::BF16,
+            _ => return None,
+        };
+        Some(super::DeviceBlocks {
+            format,
+            bytes: self.data.to_vec(),
+            aux: Vec::new(),
+            params: [u32::try_from(self.row_bytes).ok()?, 0, 0, 0],
+            offset: 0.0,
+        })
+    }
 }

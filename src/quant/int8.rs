@@ -68,6 +68,15 @@ impl DequantRows for Int8Matrix {
     fn format_name(&self) -> String {
         "int8".into()
     }
+    fn device_blocks(&self) -> Option<crate::quant::DeviceBlocks> {
+        Some(crate::quant::DeviceBlocks {
+            format: crate::quant::DeviceFormat::Int8,
+            bytes: self.data.iter().map(|&q| q as u8).collect(),
+            aux: self.scales.clone(),
+            params: [0; 4],
+            offset: 0.0,
+        })
+    }
     fn storage_bytes(&self) -> usize {
         self.data.len() + self.scales.len() * 4
     }

@@ -788,4 +788,43 @@ impl DequantRows for Nf4Matrix {
         };
         self.packed.len() + am + 16 * 4
     }
+    fn device_blocks(&self) -> Option<crate::quant::DeviceBlocks> {
+        use crate::quant::{DeviceBlocks, DeviceFormat};
+        let round = match self.dtype {
+            DType::F32 => 0,
+            DType::BF16 => 1,
+            DType::F16 => 2,
+        };
+        let bs = u32::try_from(self.blocksize).ok()?;
+        let mut aux = self.quant_map.to_vec();
+        Some(match &self.absmax {
+            Nf4Absmax::Plain(a) => {
+                aux.extend_from_slice(a);
+                DeviceBlocks {
+                    format: DeviceFormat::Nf4,
+                    bytes: self.packed.clone(),
+                    aux,
+                    params: [bs, round, 0, 0],
+                    offset: 0.0,
+                }
+            }
+            Nf4Absmax::Double { q, code, nested_absmax, nested_blocksize, offset } => {
+                if code.len() != 256 {
+                    return None;
+                }
+                aux.extend_from_slice(code);
+                aux.extend_from_slice(nested_absmax);
+                let mut bytes = self.packed.clone();
+                let absq = u32::try_from(bytes.len()).ok()?;
+                bytes.extend_from_slice(q);
+                DeviceBlocks {
+                    format: DeviceFormat::Nf4Double,
+                    bytes,
+                    aux,
+                    params: [bs, round, absq, u32::try_from(*nested_blocksize).ok()?],
+                    offset: *offset,
+                }
+            }
+        })
+    }
 }

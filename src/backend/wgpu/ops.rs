@@ -4,9 +4,11 @@
 //! `linear_cross_entropy`'s loss, `sync`). Backward methods return fresh (=) gradients, as the
 //! trait asks; the specs' `+=` contract is met by zeroing first where a kernel accumulates.
 //!
-//! Host-side parts, all marked `// FALLBACK(cpu)`: `upload_quant` decodes the frozen weight to f32
-//! on the host (the `DequantRows` trait exposes no raw blocks to a GPU kernel yet), and
-//! `row_norms` (DoRA only) downloads and computes on the host.
+//! Frozen weights stay packed on the device (`DequantRows::device_blocks`) and are decoded inside
+//! quant_linear.wgsl / dequantize.wgsl. Host-side parts, all marked `// FALLBACK(cpu)`:
+//! `upload_quant` decodes to f32 on the host for formats without a device decoder (Q2_K, Q3_K,
+//! F32, ...) or packed data larger than one binding, and `row_norms` (DoRA only) downloads and
+//! computes on the host.
 
 use super::pipelines::{dispatch, grid_1d, Bind};
 use super::pool::PooledBuffer;
@@ -17,6 +19,7 @@ use crate::backend::cpu::matmul::MatmulDims;
 use crate::backend::cpu::rope::{rope_inv_freq, RopeConfig, RopeLayout};
 use crate::backend::{AdamWParams, Backend, HostQuant, MemoryStats};
 use crate::error::{Error, Result};
+use crate::quant::DeviceFormat;
 use std::sync::Arc;
 
 /// A device buffer of `len` f32 (the pooled buffer may be larger).
@@ -31,12 +34,32 @@ impl WgpuStorage {
     }
 }
 
-/// A frozen weight (rows, cols) = (d_out, d_in) on the device, decoded to f32.
+/// A frozen weight (rows, cols) = (d_out, d_in) on the device: its packed blocks, decoded inside
+/// the kernels that read it, or (formats without a device decoder, or packed data larger than one
+/// binding) rows decoded to f32 at upload.
 pub struct WgpuQuant {
-    w: WgpuStorage,
+    repr: QuantRepr,
     rows: usize,
     cols: usize,
     format: String,
+}
+
+enum QuantRepr {
+    Dense(WgpuStorage),
+    Packed { q: WgpuStorage, aux: WgpuStorage, format: DeviceFormat, params: [u32; 4], offset: f32 },
+}
+
+impl WgpuQuant {
+    /// True when the weight lives on the device in its packed form.
+    pub fn is_packed(&self) -> bool {
+        matches!(self.repr, QuantRepr::Packed { .. })
+    }
+}
+
+/// `LORAFORGE_WGPU_DEQUANT=upload` decodes every frozen weight to f32 at upload (the pre-fused
+/// path; for comparisons and as a workaround). Anything else, or unset: packed where possible.
+fn packed_weights_enabled() -> bool {
+    std::env::var("LORAFORGE_WGPU_DEQUANT").map_or(true, |v| v != "upload")
 }
 
 /// Largest head dim attention.wgsl keeps in registers (its `DMAX`).
@@ -80,6 +103,93 @@ impl WgpuBackend {
         let s = self.alloc(op, words.len())?;
         self.ctx.write(s.b(), 0, bytemuck::cast_slice(words));
         Ok(s)
+    }
+
+    /// C = A · op(W) for a packed frozen weight (quant_linear.wgsl): forward y (n, rows) = x · Wᵀ
+    /// (+ bias), or backward dx (n, cols) = dy · W.
+    fn quant_matmul(
+        &self,
+        a: &WgpuStorage,
+        w: &WgpuQuant,
+        bias: Option<&WgpuStorage>,
+        n: usize,
+        backward: bool,
+    ) -> Result<WgpuStorage> {
+        let QuantRepr::Packed { q, aux, format, params, offset } = &w.repr else {
+            return Err(Error::msg("quant_matmul: weight is not packed"));
+        };
+        let (m, nn, k) = if backward { (n, w.cols, w.rows) } else { (n, w.rows, w.cols) };
+        let out = self.alloc("quant_linear", m * nn)?;
+        if k == 0 || m == 0 || nn == 0 {
+            self.clear(&out);
+            if let (Some(b), false) = (bias, m * nn == 0) {
+                let ones = self.upload(&vec![1.0; m * nn])?;
+                self.ew("mul_rows", ones.b(), b.b(), out.b(), m * nn, nn, 0.0, m)?;
+            }
+            return Ok(out);
+        }
+        let ov = [("FORMAT", *format as u32 as f64), ("BACKWARD", backward as u32 as f64)];
+        dispatch(
+            &self.ctx,
+            "quant_linear",
+            "main",
+            &ov,
+            &[Bind::R(a.b()), Bind::R(q.b()), Bind::R(aux.b()), Bind::R(bias.unwrap_or(a).b()), Bind::W(out.b())],
+            &[
+                u(m),
+                u(nn),
+                u(k),
+                u(w.rows),
+                u(w.cols),
+                bias.is_some() as u32,
+                0,
+                params[0],
+                params[1],
+                params[2],
+                params[3],
+                offset.to_bits(),
+            ],
+            (nn.div_ceil(64) as u32, m.div_ceil(64) as u32, 1),
+        )?;
+        Ok(out)
+    }
+
+    /// Rows of a packed weight decoded to f32 (dequantize.wgsl): `ids` rows in that order, or all.
+    fn decode_rows(&self, w: &WgpuQuant, ids: Option<&[u32]>) -> Result<WgpuStorage> {
+        let QuantRepr::Packed { q, aux, format, params, offset } = &w.repr else {
+            return Err(Error::msg("decode_rows: weight is not packed"));
+        };
+        let n_rows = ids.map_or(w.rows, |i| i.len());
+        let total = n_rows * w.cols;
+        let out = self.alloc("dequantize", total)?;
+        if total == 0 {
+            return Ok(out);
+        }
+        let ids_buf = match ids {
+            Some(i) => self.upload_words("dequantize", i)?,
+            None => self.zeros(1)?,
+        };
+        let groups = grid_1d(total.div_ceil(256));
+        dispatch(
+            &self.ctx,
+            "dequantize",
+            "main",
+            &[("FORMAT", *format as u32 as f64)],
+            &[Bind::R(ids_buf.b()), Bind::R(q.b()), Bind::R(aux.b()), Bind::W(out.b())],
+            &[
+                u(n_rows),
+                u(w.cols),
+                ids.is_some() as u32,
+                groups.0,
+                params[0],
+                params[1],
+                params[2],
+                params[3],
+                offset.to_bits(),
+            ],
+            groups,
+        )?;
+        Ok(out)
     }
 
     /// One elementwise.wgsl launch over `n` threads.
@@ -319,14 +429,30 @@ impl Backend for WgpuBackend {
         s.len
     }
     fn upload_quant(&self, q: HostQuant) -> Result<WgpuQuant> {
-        // FALLBACK(cpu): decoded to f32 on the host. Fused dequant kernels need the raw blocks,
-        // which `DequantRows` does not expose.
         let (rows, cols) = (q.rows(), q.cols());
+        let format = q.format_name();
+        let blocks = if packed_weights_enabled() { q.device_blocks() } else { None };
+        if let Some(b) = blocks {
+            let words = b.bytes.len().div_ceil(4).max(1);
+            let fits = (words as u64) * 4 <= self.ctx.max_binding()
+                && (b.aux.len().max(1) as u64) * 4 <= self.ctx.max_binding()
+                && rows.checked_mul(cols).is_some_and(|n| n <= u32::MAX as usize);
+            if fits {
+                let mut w = vec![0u32; words];
+                bytemuck::cast_slice_mut::<u32, u8>(&mut w)[..b.bytes.len()].copy_from_slice(&b.bytes);
+                let qs = self.upload_words("upload_quant", &w)?;
+                let aux = if b.aux.is_empty() { self.zeros(1)? } else { self.upload(&b.aux)? };
+                let repr = QuantRepr::Packed { q: qs, aux, format: b.format, params: b.params, offset: b.offset };
+                return Ok(WgpuQuant { repr, rows, cols, format });
+            }
+        }
+        // FALLBACK(cpu): no device decoder for this format (q2_k, q3_k, f32, ...) or packed data
+        // larger than one binding: rows decoded to f32 on the host.
         let mut data = vec![0.0f32; rows * cols];
         for (r, row) in data.chunks_mut(cols.max(1)).enumerate().take(rows) {
             q.dequantize_row(r, row);
         }
-        Ok(WgpuQuant { w: self.upload(&data)?, rows, cols, format: q.format_name() })
+        Ok(WgpuQuant { repr: QuantRepr::Dense(self.upload(&data)?), rows, cols, format })
     }
     fn quant_shape(&self, q: &WgpuQuant) -> (usize, usize) {
         (q.rows, q.cols)
@@ -335,9 +461,14 @@ impl Backend for WgpuBackend {
         q.format.clone()
     }
     fn dequantize(&self, q: &WgpuQuant) -> Result<WgpuStorage> {
-        let out = self.alloc("dequantize", q.w.len)?;
-        self.ew("scale", q.w.b(), q.w.b(), out.b(), q.w.len, 1, 1.0, 0)?;
-        Ok(out)
+        match &q.repr {
+            QuantRepr::Dense(w) => {
+                let out = self.alloc("dequantize", w.len)?;
+                self.ew("scale", w.b(), w.b(), out.b(), w.len, 1, 1.0, 0)?;
+                Ok(out)
+            }
+            QuantRepr::Packed { .. } => self.decode_rows(q, None),
+        }
     }
     fn sync(&self) -> Result<()> {
         self.ctx.wait()
@@ -518,17 +649,29 @@ impl Backend for WgpuBackend {
         n: usize,
     ) -> Result<WgpuStorage> {
         check_len("quant_linear", "x", x, n * w.cols)?;
-        self.matmul(x, &w.w, bias, MatmulDims::linear(n, w.rows, w.cols))
+        if let Some(b) = bias {
+            check_len("quant_linear", "bias", b, w.rows)?;
+        }
+        match &w.repr {
+            QuantRepr::Dense(d) => self.matmul(x, d, bias, MatmulDims::linear(n, w.rows, w.cols)),
+            QuantRepr::Packed { .. } => self.quant_matmul(x, w, bias, n, false),
+        }
     }
     fn quant_linear_backward(&self, dy: &WgpuStorage, w: &WgpuQuant, n: usize) -> Result<WgpuStorage> {
         check_len("quant_linear_backward", "dy", dy, n * w.rows)?;
-        // dx (N, d_in) = dy (N, d_out) · W (d_out, d_in)
-        self.matmul(dy, &w.w, None, MatmulDims::new(n, w.cols, w.rows))
+        match &w.repr {
+            // dx (N, d_in) = dy (N, d_out) · W (d_out, d_in)
+            QuantRepr::Dense(d) => self.matmul(dy, d, None, MatmulDims::new(n, w.cols, w.rows)),
+            QuantRepr::Packed { .. } => self.quant_matmul(dy, w, None, n, true),
+        }
     }
     fn row_norms(&self, w: &WgpuQuant, delta: Option<&WgpuStorage>) -> Result<WgpuStorage> {
         // FALLBACK(cpu): DoRA's row norms are computed on the host (download, f64 sum, upload).
         let (rows, cols) = (w.rows, w.cols);
-        let wd = self.download(&w.w)?;
+        let wd = match &w.repr {
+            QuantRepr::Dense(d) => self.download(d)?,
+            QuantRepr::Packed { .. } => self.download(&self.decode_rows(w, None)?)?,
+        };
         let dd = match delta {
             Some(d) => {
                 check_len("row_norms", "delta", d, rows * cols)?;
@@ -774,7 +917,15 @@ impl Backend for WgpuBackend {
         Ok(out)
     }
     fn embedding_quant(&self, ids: &[u32], table: &WgpuQuant) -> Result<WgpuStorage> {
-        self.embedding(ids, &table.w, table.cols)
+        match &table.repr {
+            QuantRepr::Dense(d) => self.embedding(ids, d, table.cols),
+            QuantRepr::Packed { .. } => {
+                if let Some(&bad_id) = ids.iter().find(|&&i| i as usize >= table.rows) {
+                    return Err(Error::IndexOutOfRange { op: "embedding", index: bad_id as usize, size: table.rows });
+                }
+                self.decode_rows(table, Some(ids))
+            }
+        }
     }
     fn embedding_backward(&self, dout: &WgpuStorage, ids: &[u32], v: usize, c: usize) -> Result<WgpuStorage> {
         check_len("embedding_backward", "dout", dout, ids.len() * c)?;

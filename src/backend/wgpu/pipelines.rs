@@ -32,6 +32,19 @@ fn source(shader: &str) -> Option<&'static str> {
         "linear_cross_entropy" => include_str!("../../../shaders/linear_cross_entropy.wgsl"),
         "attention" => include_str!("../../../shaders/attention.wgsl"),
         "attention_backward" => include_str!("../../../shaders/attention_backward.wgsl"),
+        // The two shaders that read packed weights share the decoder, prepended (WGSL has no include).
+        "quant_linear" => {
+            concat!(
+                include_str!("../../../shaders/quant_decode.wgsl"),
+                include_str!("../../../shaders/quant_linear.wgsl")
+            )
+        }
+        "dequantize" => {
+            concat!(
+                include_str!("../../../shaders/quant_decode.wgsl"),
+                include_str!("../../../shaders/dequantize.wgsl")
+            )
+        }
         _ => return None,
     })
 }

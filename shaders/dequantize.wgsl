@@ -1,0 +1,30 @@
+// dequantize.wgsl: rows of a frozen weight decoded to f32: out[i, c] = W[ids[i], c] (embedding
+// lookup of a quantized table), or every row in order when `has_ids` is 0 (Backend::dequantize).
+// The decode is quant_decode.wgsl's `w_at` (prepended).
+// Spec: src/quant/{ggml,nf4,int8}.rs `dequantize_row`   Test: tests/wgpu_ops.rs (quant_formats_*)
+// One thread per output element on a 1-D grid of 256-thread workgroups folded into (x, y).
+
+struct Params {
+    n_rows: u32,   // output rows
+    cols: u32,
+    has_ids: u32,
+    nwg_x: u32,
+    p0: u32, p1: u32, p2: u32, p3: u32,
+    offset: f32,
+};
+@group(0) @binding(0) var<storage, read>       ids: array<u32>;  // (n_rows) when has_ids
+@group(0) @binding(1) var<storage, read>       q:   array<u32>;
+@group(0) @binding(2) var<storage, read>       aux: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;  // (n_rows, cols)
+@group(0) @binding(4) var<uniform>             p:   Params;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = (wid.y * p.nwg_x + wid.x) * 256u + lid.x;
+    if (i >= p.n_rows * p.cols) { return; }
+    let row = i / p.cols;
+    let col = i % p.cols;
+    var r = row;
+    if (p.has_ids != 0u) { r = ids[row]; }
+    out[i] = w_at(r, col);
+}
