@@ -44,8 +44,10 @@
  *   thread is inside lf_trainer_run. _free refuses a handle another thread is using.
  * - Callbacks run on the calling thread, inside the call that takes them; the pointers they
  *   receive are valid only during the callback.
- * - Compute: every model and trainer runs on the CPU reference backend for now (lf_devices says
- *   what else exists on this machine and why it is not used).
+ * - Compute: a trainer runs on the backend its config's `device` key names ("auto": a hardware
+ *   GPU through wgpu when there is one, else the CPU; "cpu"; "wgpu"), e.g. lf_train_params.extra_json
+ *   = "{\"device\": \"wgpu\"}". Models opened with lf_model_new (chat, logits) run on the CPU.
+ *   lf_devices says what exists on this machine and why a device cannot be used.
  */
 #ifndef LORAFORGE_H
 #define LORAFORGE_H

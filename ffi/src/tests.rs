@@ -463,3 +463,61 @@ fn trainer_cancel_from_callback_and_other_threads() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `device` in the config picks the backend: the same two LoRA steps on SmolLM2 (Q4_1 base, kept
+/// packed on the GPU) through `device: wgpu` and `device: cpu` give the same losses. Both compute
+/// in f32; the GPU sums in another order, so the losses agree to ~1e-6 relative; 1e-4 still fails
+/// on any wrong kernel (a wrong decode or gradient moves the second step's loss by far more).
+/// Skips with a message when no wgpu adapter may be used (set LORAFORGE_ALLOW_SOFTWARE_ADAPTER=1).
+#[test]
+fn trainer_device_wgpu_matches_cpu() {
+    if let Err(e) = loraforge::backend::resolve_device(loraforge::backend::DeviceKind::Wgpu) {
+        println!("SKIP trainer_device_wgpu_matches_cpu: {e}");
+        return;
+    }
+    let mut losses = Vec::new();
+    for device in ["cpu", "wgpu"] {
+        let out = tmp(&format!("device-{device}"));
+        let (model, ds, dd, od) =
+            (c(fixture_model().to_str().unwrap()), c("demo_identity"), c(&data_dir()), c(out.to_str().unwrap()));
+        let target = c("q_proj,v_proj");
+        let extra = c(&format!(r#"{{"device": "{device}", "seed": 3}}"#));
+        let mut p = lf_train_default_params();
+        p.model_name_or_path = model.as_ptr();
+        p.dataset = ds.as_ptr();
+        p.dataset_dir = dd.as_ptr();
+        p.output_dir = od.as_ptr();
+        p.lora_target = target.as_ptr();
+        p.lora_rank = 4;
+        p.max_steps = 2;
+        p.per_device_train_batch_size = 1;
+        p.cutoff_len = 24;
+        p.max_samples = 4;
+        p.save_steps = 0;
+        p.learning_rate = 1e-2;
+        p.extra_json = extra.as_ptr();
+        unsafe {
+            let mut t = null_mut();
+            assert_eq!(lf_trainer_new(&p, &mut t), LF_OK, "{}", last());
+            let mut run = Vec::new();
+            for _ in 0..2 {
+                let mut pr = LfProgress::default();
+                assert_eq!(lf_trainer_step(t, &mut pr), LF_OK, "{}", last());
+                run.push(pr.loss);
+            }
+            let mut js = null_mut();
+            assert_eq!(lf_trainer_info(t, &mut js), LF_OK);
+            let info = CStr::from_ptr(js).to_str().unwrap().to_string();
+            lf_string_free(js);
+            assert!(info.contains(device), "{device}: info does not name the device: {info}");
+            lf_trainer_free(t);
+            println!("{device}: losses {run:?}");
+            losses.push(run);
+        }
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    for (a, b) in losses[0].iter().zip(&losses[1]) {
+        assert!(((a - b) / a).abs() < 1e-4, "cpu {:?} vs wgpu {:?}", losses[0], losses[1]);
+    }
+    assert!(losses[0][0] != losses[0][1], "the first step changed nothing: {:?}", losses[0]);
+}

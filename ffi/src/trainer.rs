@@ -1,4 +1,5 @@
-//! `lf_trainer`: a training run (src/train/trainer.rs `Trainer<CpuBackend>`) behind a handle:
+//! `lf_trainer`: a training run (src/train/trainer.rs `Trainer<B>` on the backend the config's
+//! `device` picks: cpu, wgpu, or auto) behind a handle:
 //! created from a YAML / JSON config string (the keys of `loraforge train`, LLaMA-Factory names)
 //! or from `lf_train_params`; stepped, run with a progress callback, cancelled from any thread,
 //! checkpointed, resumed, evaluated, and saved as a PEFT adapter.
@@ -15,9 +16,9 @@
 
 use crate::handle::{self, Handle, Kind};
 use crate::status::*;
-use loraforge::backend::CpuBackend;
+use loraforge::backend::{Backend, CpuBackend, DeviceKind};
 use loraforge::train::args::TrainArgs;
-use loraforge::train::trainer::{StepReport, StopReason, Trainer};
+use loraforge::train::trainer::{StepReport, StopReason, TrainSummary, Trainer};
 use serde_json::{json, Map, Value};
 use std::ffi::{c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
@@ -89,13 +90,75 @@ impl From<&StepReport> for LfProgress {
 /// `int (*lf_progress_cb)(const lf_progress *p, void *user)`: nonzero cancels.
 pub type LfProgressCb = Option<unsafe extern "C" fn(p: *const LfProgress, user: *mut c_void) -> c_int>;
 
+/// The `Trainer` methods the ABI uses, object-safe, so one handle type holds a run on any backend.
+trait Run: Send {
+    fn is_done(&self) -> bool;
+    fn global_step(&self) -> usize;
+    fn total_steps(&self) -> usize;
+    fn total_tokens(&self) -> u64;
+    fn args(&self) -> &TrainArgs;
+    fn notes(&self) -> &[String];
+    fn step(&mut self) -> loraforge::Result<StepReport>;
+    fn run(&mut self, on_step: &mut dyn FnMut(&StepReport) -> bool) -> loraforge::Result<TrainSummary>;
+    fn save_checkpoint(&mut self) -> loraforge::Result<PathBuf>;
+    fn evaluate(&mut self) -> loraforge::Result<f64>;
+    fn finish(&mut self) -> loraforge::Result<TrainSummary>;
+    fn save_trained(&mut self, dir: &Path) -> loraforge::Result<()>;
+    fn describe(&mut self) -> loraforge::Result<String>;
+}
+
+impl<B: Backend + Send> Run for Trainer<B>
+where
+    Trainer<B>: Send,
+{
+    fn is_done(&self) -> bool {
+        Trainer::is_done(self)
+    }
+    fn global_step(&self) -> usize {
+        self.global_step
+    }
+    fn total_steps(&self) -> usize {
+        self.total_steps
+    }
+    fn total_tokens(&self) -> u64 {
+        Trainer::total_tokens(self)
+    }
+    fn args(&self) -> &TrainArgs {
+        &self.args
+    }
+    fn notes(&self) -> &[String] {
+        &self.notes
+    }
+    fn step(&mut self) -> loraforge::Result<StepReport> {
+        Trainer::step(self)
+    }
+    fn run(&mut self, on_step: &mut dyn FnMut(&StepReport) -> bool) -> loraforge::Result<TrainSummary> {
+        Trainer::run(self, on_step)
+    }
+    fn save_checkpoint(&mut self) -> loraforge::Result<PathBuf> {
+        Trainer::save_checkpoint(self)
+    }
+    fn evaluate(&mut self) -> loraforge::Result<f64> {
+        Trainer::evaluate(self)
+    }
+    fn finish(&mut self) -> loraforge::Result<TrainSummary> {
+        Trainer::finish(self)
+    }
+    fn save_trained(&mut self, dir: &Path) -> loraforge::Result<()> {
+        Trainer::save_trained(self, dir)
+    }
+    fn describe(&mut self) -> loraforge::Result<String> {
+        Trainer::describe(self)
+    }
+}
+
 /// The opaque `lf_trainer`.
 pub struct LfTrainer {
     magic: u64,
     busy: AtomicBool,
     /// The trainer's own cancel flag (`Trainer::cancel_flag`), set by `lf_trainer_cancel`.
     cancel: Arc<AtomicBool>,
-    trainer: Trainer<CpuBackend>,
+    trainer: Box<dyn Run>,
     checkpoint: Option<PathBuf>,
     finished: bool,
 }
@@ -210,11 +273,31 @@ pub unsafe fn params_to_json(p: &LfTrainParams) -> FfiResult<Map<String, Value>>
 fn create(parsed: loraforge::Result<(TrainArgs, Vec<String>)>, out: *mut *mut LfTrainer) -> FfiResult<()> {
     let (args, notes) = parsed.map_err(lib_err(LF_ERR_CONFIG))?;
     args.validate().map_err(lib_err(LF_ERR_CONFIG))?;
-    let trainer = Trainer::new(CpuBackend::new(), args, notes).map_err(lib_err(LF_ERR_CONFIG))?;
+    // The same device choice as `loraforge train` (device: auto picks a hardware GPU when there is one).
+    let kind = args.device_kind().map_err(lib_err(LF_ERR_UNSUPPORTED))?;
+    let (trainer, cancel): (Box<dyn Run>, _) = match kind {
+        DeviceKind::Cpu => {
+            let t = Trainer::new(CpuBackend::new(), args, notes).map_err(lib_err(LF_ERR_CONFIG))?;
+            let c = t.cancel_flag();
+            (Box::new(t), c)
+        }
+        DeviceKind::Wgpu => {
+            let be = loraforge::backend::wgpu::WgpuBackend::new().map_err(lib_err(LF_ERR_UNSUPPORTED))?;
+            let t = Trainer::new(be, args, notes).map_err(lib_err(LF_ERR_CONFIG))?;
+            let c = t.cancel_flag();
+            (Box::new(t), c)
+        }
+        other => {
+            return Err(FfiError::new(
+                LF_ERR_UNSUPPORTED,
+                format!("device {other:?}: training on this backend is not available in this build; use cpu or wgpu"),
+            ))
+        }
+    };
     let h = LfTrainer {
         magic: LfTrainer::MAGIC,
         busy: AtomicBool::new(false),
-        cancel: trainer.cancel_flag(),
+        cancel,
         trainer,
         checkpoint: None,
         finished: false,
@@ -291,7 +374,8 @@ pub unsafe extern "C" fn lf_trainer_step(t: *mut LfTrainer, out: *mut LfProgress
         if h.trainer.is_done() {
             return Err(FfiError::state(format!(
                 "training is finished ({}/{} steps)",
-                h.trainer.global_step, h.trainer.total_steps
+                h.trainer.global_step(),
+                h.trainer.total_steps()
             )));
         }
         let r = h.trainer.step().map_err(lib_err(LF_ERR_INTERNAL))?;
@@ -334,7 +418,7 @@ pub unsafe extern "C" fn lf_trainer_run(t: *mut LfTrainer, cb: LfProgressCb, use
                 format!(
                     "cancelled at step {}/{}; checkpoint {} (resume with resume_from_checkpoint)",
                     summary.global_step,
-                    h.trainer.total_steps,
+                    h.trainer.total_steps(),
                     summary.checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
                 ),
             ));
@@ -433,14 +517,14 @@ pub unsafe extern "C" fn lf_trainer_info(t: *mut LfTrainer, out_json: *mut *mut 
         let h = lease.get();
         let description = h.trainer.describe().map_err(lib_err(LF_ERR_INTERNAL))?;
         let v = json!({
-            "global_step": h.trainer.global_step,
-            "total_steps": h.trainer.total_steps,
+            "global_step": h.trainer.global_step(),
+            "total_steps": h.trainer.total_steps(),
             "done": h.trainer.is_done(),
             "finished": h.finished,
-            "output_dir": h.trainer.args.output_dir,
+            "output_dir": h.trainer.args().output_dir,
             "checkpoint": h.checkpoint.as_ref().map(|p| p.display().to_string()),
             "total_tokens": h.trainer.total_tokens(),
-            "notes": h.trainer.notes,
+            "notes": h.trainer.notes(),
             "description": description,
         });
         write_out_string(out_json, &v.to_string());

@@ -2,9 +2,9 @@
 //! (LLaMA-Factory keys), show its notes, plan memory, refuse a run that will not fit, train with a
 //! progress bar, stop cleanly with a checkpoint on Ctrl-C.
 
-use crate::backend::{resolve_device, CpuBackend, DeviceKind};
+use crate::backend::{CpuBackend, DeviceKind};
 use crate::error::{Error, Result};
-use crate::train::args::{DeviceChoice, TrainArgs};
+use crate::train::args::TrainArgs;
 use crate::train::memory::{human_bytes, peak_rss, MemoryPlan};
 use crate::train::trainer::{StopReason, Trainer};
 use std::path::Path;
@@ -19,12 +19,7 @@ fn load_args(config: &Path, overrides: &[String]) -> Result<(TrainArgs, Vec<Stri
 }
 
 fn device_kind(args: &TrainArgs) -> Result<DeviceKind> {
-    resolve_device(match args.device {
-        DeviceChoice::Auto => DeviceKind::Auto,
-        DeviceChoice::Cpu => DeviceKind::Cpu,
-        DeviceChoice::Wgpu => DeviceKind::Wgpu,
-        DeviceChoice::Cuda => DeviceKind::Cuda,
-    })
+    args.device_kind()
 }
 
 /// Bytes the device can give a run: `max_memory_gb` when set, else the machine's available RAM

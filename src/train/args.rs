@@ -1670,3 +1670,17 @@ impl TrainArgs {
         out
     }
 }
+
+impl TrainArgs {
+    /// The backend `device` names, resolved (`auto`: a hardware GPU when there is one, else the
+    /// CPU); an error says why a named device cannot be used. Shared by `loraforge train` and the C ABI.
+    pub fn device_kind(&self) -> Result<crate::backend::DeviceKind> {
+        use crate::backend::{resolve_device, DeviceKind};
+        resolve_device(match self.device {
+            DeviceChoice::Auto => DeviceKind::Auto,
+            DeviceChoice::Cpu => DeviceKind::Cpu,
+            DeviceChoice::Wgpu => DeviceKind::Wgpu,
+            DeviceChoice::Cuda => DeviceKind::Cuda,
+        })
+    }
+}
