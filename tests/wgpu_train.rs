@@ -82,3 +82,69 @@ fn lora_five_steps_match_cpu() {
 fn qlora_nf4_five_steps_match_cpu() {
     compare(Some(4), "qlora");
 }
+
+/// A device lost in the middle of a run (here `WgpuBackend::simulate_device_loss`, i.e.
+/// `wgpu::Device::destroy`, as a driver reset would do) stops the run with an error that says so,
+/// never a panic, and the last checkpoint stays complete: a run resumed from it on the CPU picks up
+/// at the right step with the loss the GPU run had there.
+#[test]
+fn device_lost_mid_run_keeps_last_checkpoint() {
+    let Some(gpu) = gpu() else { return };
+    let out = std::env::temp_dir().join(format!("loraforge-wgpu-lost-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let args = || {
+        let mut a = TrainArgs::default();
+        a.model_name_or_path = "random-init:test".into();
+        a.lora_rank = 4;
+        a.cutoff_len = 32;
+        a.per_device_train_batch_size = 2;
+        a.learning_rate = 5e-3;
+        a.max_steps = Some(5);
+        a.dataset = vec!["synthetic".into()];
+        a.save_steps = 2;
+        a.logging_steps = 100;
+        a.output_dir = out.display().to_string();
+        a.overwrite_output_dir = true;
+        a
+    };
+    let cfg = config();
+    let a = args();
+    let spec = adapter_spec(&a).unwrap();
+    let model = random_model(&gpu, &cfg, &spec).unwrap();
+    let data = synthetic_data(cfg.vocab_size, 16, 32, 5);
+    let p = ModelParts { model, cfg: cfg.clone(), chat: None, base: "random-init:test".into(), base_fingerprint: None };
+    let mut t = Trainer::from_parts(gpu.clone(), a, Vec::new(), p, Some(data)).unwrap();
+    let mut gpu_losses = Vec::new();
+    let err = t
+        .run(&mut |r| {
+            gpu_losses.push(r.loss);
+            if r.step == 3 {
+                gpu.simulate_device_loss();
+            }
+            true
+        })
+        .expect_err("a run on a lost device must fail");
+    let msg = format!("{err:#}");
+    println!("error after device loss: {msg}");
+    assert!(msg.contains("lost"), "{msg}");
+    assert_eq!(gpu_losses.len(), 3);
+    assert!(out.join("checkpoint-2").join("adapter_model.safetensors").is_file());
+    assert!(!out.join("checkpoint-4").exists());
+    assert!(gpu.upload(&[1.0]).is_err() && gpu.sync().is_err(), "the lost device must refuse work");
+    drop(t);
+
+    // Resume from checkpoint-2 on the CPU: the same model (seeded), the same data.
+    let mut a = args();
+    a.resume_from_checkpoint = Some(loraforge::train::args::ResumeFrom::Latest);
+    a.overwrite_output_dir = false;
+    let cpu = CpuBackend::new();
+    let model = random_model(&cpu, &cfg, &spec).unwrap();
+    let p = ModelParts { model, cfg, chat: None, base: "random-init:test".into(), base_fingerprint: None };
+    let data = synthetic_data(config().vocab_size, 16, 32, 5);
+    let mut t = Trainer::from_parts(cpu, a, Vec::new(), p, Some(data)).unwrap();
+    assert_eq!(t.global_step, 2);
+    let r = t.step().unwrap();
+    println!("step 3: wgpu loss {:.8}, resumed on cpu {:.8}", gpu_losses[2], r.loss);
+    assert!((r.loss - gpu_losses[2]).abs() <= 1e-4 * r.loss.abs(), "{} vs {}", r.loss, gpu_losses[2]);
+    let _ = std::fs::remove_dir_all(&out);
+}

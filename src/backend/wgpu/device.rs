@@ -35,6 +35,9 @@ pub struct Ctx {
     pending: Mutex<Pending>,
     /// The first uncaptured device error (validation, out of memory), reported at the next sync.
     error: Arc<Mutex<Option<String>>>,
+    /// Set by wgpu's device-lost callback (driver reset, GPU removed, `destroy`). From then on
+    /// every allocation, sync and readback is an error instead of work on a dead device.
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 #[derive(Default)]
@@ -148,6 +151,14 @@ impl Ctx {
                 *g = Some(e.to_string());
             }
         }));
+        let lost = Arc::new(Mutex::new(None::<String>));
+        let sink = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            let mut g = sink.lock().unwrap_or_else(|p| p.into_inner());
+            if g.is_none() {
+                *g = Some(format!("{reason:?}{}", if msg.is_empty() { String::new() } else { format!(": {msg}") }));
+            }
+        });
         let max_buffer = limits.max_buffer_size.min(limits.max_storage_buffer_binding_size);
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("loraforge.dummy"),
@@ -166,6 +177,7 @@ impl Ctx {
             limits,
             pending: Mutex::new(Pending::default()),
             error,
+            lost,
         }))
     }
 
@@ -173,8 +185,30 @@ impl Ctx {
         self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
     }
 
+    /// `Err` once the device is lost: the caller's run stops there (its checkpoints, written
+    /// atomically, stay as they were).
+    pub fn check_lost(&self) -> Result<()> {
+        match &*self.lost.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(why) => Err(Error::msg(format!(
+                "wgpu: the GPU device {} was lost ({why}); nothing more can run on it. A training run stops \
+                 here and keeps its last checkpoint: resume it with resume_from_checkpoint",
+                self.info.name
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Destroys the device, as a driver reset would lose it (for tests of the device-lost path).
+    pub fn destroy(&self) {
+        self.device.destroy();
+        // The callback may run on the next poll; record the loss now so it is seen at once.
+        let mut g = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        g.get_or_insert_with(|| "Destroyed".into());
+    }
+
     /// A pooled buffer for `n` f32, with an error (not a wgpu panic) past the binding limit.
     pub fn alloc(&self, op: &'static str, n: usize) -> Result<PooledBuffer> {
+        self.check_lost()?;
         let bytes = (n as u64 * 4).max(4);
         if bytes > self.max_binding() {
             return Err(Error::OutOfMemory {
@@ -212,6 +246,7 @@ impl Ctx {
 
     /// The first device error since the last check, as an `Error`.
     pub fn check_error(&self) -> Result<()> {
+        self.check_lost()?;
         let mut g = self.error.lock().unwrap_or_else(|p| p.into_inner());
         match g.take() {
             Some(e) => Err(Error::msg(format!("wgpu device error: {e}"))),
@@ -221,6 +256,7 @@ impl Ctx {
 
     /// Waits for all submitted work.
     pub fn wait(&self) -> Result<()> {
+        self.check_lost()?;
         self.flush();
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::msg(format!("wgpu: poll: {e}")))?;
         self.check_error()
@@ -250,6 +286,7 @@ impl Ctx {
 
     /// Reads `bytes` bytes of `src` from byte offset `off` (submits and waits).
     pub fn read(&self, src: &wgpu::Buffer, off: u64, bytes: u64) -> Result<Vec<u8>> {
+        self.check_lost()?;
         if bytes == 0 {
             return Ok(Vec::new());
         }

@@ -59,6 +59,12 @@ impl WgpuBackend {
         self.ctx.pipelines.len()
     }
 
+    /// Loses the device on purpose (`wgpu::Device::destroy`), as a driver reset or a removed GPU
+    /// would: every later call returns an error. For tests of what a run does when that happens.
+    pub fn simulate_device_loss(&self) {
+        self.ctx.destroy();
+    }
+
     /// Bytes held by idle buffers in the pool (not counted in `memory().current`).
     pub fn pool_cached_bytes(&self) -> u64 {
         self.ctx.pool.stats().2
