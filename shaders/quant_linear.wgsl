@@ -8,6 +8,10 @@
 // Tiling as matmul.wgsl: 16x16 threads, a 64x64 tile of C, 4x4 per thread, K in steps of 16 through
 // workgroup tiles of vec4. The B-tile load is arranged so consecutive threads decode consecutive
 // elements of one W row (the packed bytes they share are then read from the same cache lines).
+// Entry `gemv` (forward, M <= GEMV_MAX tokens: generation, short prompts): one 256-thread workgroup
+// per output feature j; thread t decodes W[j][t], W[j][t + 256], ... once and multiplies each by
+// the M token rows, then a workgroup tree reduction. The tiled kernel would leave 63 of its 64
+// tile rows idle at M = 1 and decode every element 64 times over.
 // Contract easy to miss: `accumulate` = 1 makes C += result.
 override BACKWARD: bool = false;
 
@@ -18,6 +22,7 @@ struct Params {
     accumulate: u32,
     p0: u32, p1: u32, p2: u32, p3: u32,
     offset: f32,
+    nwg_x: u32,    // gemv: workgroups along x of the folded 1-D grid
 };
 @group(0) @binding(0) var<storage, read>       a:    array<f32>;  // (M, K)
 @group(0) @binding(1) var<storage, read>       q:    array<u32>;  // packed W
@@ -81,5 +86,36 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let o = gr * p.n + gc;
             if (p.accumulate != 0u) { c[o] = c[o] + v; } else { c[o] = v; }
         }
+    }
+}
+
+const GEMV_MAX: u32 = 4u;
+const GEMV_WG: u32 = 256u;
+var<workgroup> red: array<vec4<f32>, 256>;  // [thread] partial sums of the (up to) 4 tokens
+
+@compute @workgroup_size(256)
+fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let j = wid.y * p.nwg_x + wid.x;  // output feature (row of W); uniform per workgroup
+    let t = lid.x;
+    var acc = vec4<f32>(0.0);
+    if (j < p.n) {
+        for (var k = t; k < p.k; k += GEMV_WG) {
+            let w = w_at(j, k);
+            for (var i = 0u; i < p.m; i++) {
+                acc[i] += a[i * p.k + k] * w;
+            }
+        }
+    }
+    red[t] = acc;
+    workgroupBarrier();
+    for (var s = GEMV_WG / 2u; s > 0u; s >>= 1u) {
+        if (t < s) { red[t] += red[t + s]; }
+        workgroupBarrier();
+    }
+    if (t < p.m && j < p.n) {
+        var v = red[0][t];
+        if (p.has_bias != 0u) { v += bias[j]; }
+        let o = t * p.n + j;
+        if (p.accumulate != 0u) { c[o] = c[o] + v; } else { c[o] = v; }
     }
 }

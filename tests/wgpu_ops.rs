@@ -200,7 +200,8 @@ fn quant_linear_dense_weight() {
 /// packed (asserted: a silent fallback to f32 would prove nothing), then dequantize,
 /// embedding_quant, quant_linear (+ bias) and its input gradient against the CPU backend, which
 /// decodes with src/quant. Shapes: 67 rows (a 64-row tile + 3), 3 blocks of 32 or 2 of 256 per
-/// row, n = 5 and 70 tokens (one and two tiles); NF4 with 33 columns so its 64-element blocks
+/// row, n = 1 and 4 tokens (the one-workgroup-per-feature `gemv` entry), 5 and 70 (one and two
+/// tiles of the tiled entry); NF4 with 33 columns so its 64-element blocks
 /// straddle rows and bytes split across rows.
 ///
 /// Tolerances: decoding does the CPU's f32 operations in the same order: equal up to a fused
@@ -261,7 +262,7 @@ fn quant_formats_fused_decode_matches_cpu() {
         );
         assert!(g.embedding_quant(&[67], &gq).is_err(), "{name}: id out of range accepted");
         let bias = rand_f32(&mut rng, rows, -1.0, 1.0);
-        for n in [5, 70] {
+        for n in [1, 4, 5, 70] {
             let x = rand_f32(&mut rng, n * cols, -1.0, 1.0);
             let dy = rand_f32(&mut rng, n * rows, -1.0, 1.0);
             let got = down(g, &g.quant_linear(&up(g, &x), &gq, Some(&up(g, &bias)), n).unwrap());

@@ -129,10 +129,13 @@ impl WgpuBackend {
             return Ok(out);
         }
         let ov = [("FORMAT", *format as u32 as f64), ("BACKWARD", backward as u32 as f64)];
+        // Up to GEMV_MAX tokens (quant_linear.wgsl): one workgroup per output feature.
+        let gemv = !backward && m <= 4;
+        let groups = if gemv { grid_1d(nn) } else { (nn.div_ceil(64) as u32, m.div_ceil(64) as u32, 1) };
         dispatch(
             &self.ctx,
             "quant_linear",
-            "main",
+            if gemv { "gemv" } else { "main" },
             &ov,
             &[Bind::R(a.b()), Bind::R(q.b()), Bind::R(aux.b()), Bind::R(bias.unwrap_or(a).b()), Bind::W(out.b())],
             &[
@@ -148,8 +151,9 @@ impl WgpuBackend {
                 params[2],
                 params[3],
                 offset.to_bits(),
+                groups.0,
             ],
-            (nn.div_ceil(64) as u32, m.div_ceil(64) as u32, 1),
+            groups,
         )?;
         Ok(out)
     }
