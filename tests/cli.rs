@@ -73,6 +73,23 @@ fn devices_lists_the_cpu() {
 /// the same top-1 token at every position, and the `reflogits/1` layout.
 #[test]
 fn logits_reproduces_the_smollm2_fixture() {
+    check_logits_fixture("cpu");
+}
+
+/// The same through `--device wgpu` (the model's Q4_1 weights packed on the GPU, decoded in the
+/// kernels): the same bounds as on the CPU. Skips with a message when no wgpu adapter may be used
+/// (CI sets LORAFORGE_ALLOW_SOFTWARE_ADAPTER=1 and runs it on lavapipe).
+#[test]
+fn logits_on_wgpu_reproduce_the_smollm2_fixture() {
+    let (_, out, _) = run(&["info", "--devices"]);
+    if !out.lines().any(|l| l.starts_with("wgpu   selected:")) {
+        println!("SKIP: no usable wgpu adapter (set LORAFORGE_ALLOW_SOFTWARE_ADAPTER=1):\n{out}");
+        return;
+    }
+    check_logits_fixture("wgpu");
+}
+
+fn check_logits_fixture(device: &str) {
     let fixture: serde_json::Value = serde_json::from_reader(std::io::BufReader::new(
         std::fs::File::open(
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/smollm2-135m-instruct/reference.json"),
@@ -87,7 +104,7 @@ fn logits_reproduces_the_smollm2_fixture() {
         .filter(|p| p["name"] != "chat_gen")
         .map(|p| serde_json::json!({"name": p["name"], "text": p["text"], "add_special_tokens": p["add_special_tokens"]}))
         .collect();
-    let dir = std::env::temp_dir().join(format!("lf-logits-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("lf-logits-{device}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pf = dir.join("prompts.json");
     let out = dir.join("out.json");
@@ -106,6 +123,8 @@ fn logits_reproduces_the_smollm2_fixture() {
         pf.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
+        "--device",
+        device,
     ]);
     assert!(ok, "{err}");
     let got: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();

@@ -19,8 +19,8 @@ pub struct ChatArgs<'a> {
     pub gen: GenerateConfig,
 }
 
-pub fn run(a: ChatArgs) -> Result<()> {
-    let session::Loaded { model, tok, template, .. } = session::load(a.model, a.adapter, a.template)?;
+pub fn run<B: crate::backend::Backend>(be: &B, a: ChatArgs) -> Result<()> {
+    let session::Loaded { model, tok, template, .. } = session::load(be, a.model, a.adapter, a.template)?;
     let template = template.ok_or_else(|| {
         Error::msg("the model carries no chat template: pass --template NAME (e.g. gemma, chatml, llama3)")
     })?;

@@ -6,7 +6,7 @@
 //! The conversation's rendering with the generation prompt is added as the prompt `chat_gen`
 //! (tokenized without added special tokens, as the template writes them).
 
-use crate::backend::CpuBackend;
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::Batch;
 use crate::tokenizer::template::{Message, RenderOptions};
@@ -46,8 +46,8 @@ fn top_k(v: &[f32], k: usize) -> (Vec<usize>, Vec<f32>) {
     (idx, vals)
 }
 
-fn case(
-    model: &crate::model::Transformer<CpuBackend>,
+fn case<B: Backend>(
+    model: &crate::model::Transformer<B>,
     v: usize,
     name: &str,
     text: &str,
@@ -80,7 +80,8 @@ fn case(
     }))
 }
 
-pub fn run(
+pub fn run<B: Backend>(
+    be: &B,
     model_path: &Path,
     adapter: Option<&Path>,
     prompts: &Path,
@@ -91,7 +92,7 @@ pub fn run(
     let pf: PromptsFile = serde_json::from_str(&text)
         .map_err(|e| Error::Format { path: prompts.display().to_string(), msg: e.to_string() })?;
     let super::session::Loaded { model, cfg, tok, template: tmpl } =
-        super::session::load(model_path, adapter, template)?;
+        super::session::load(be, model_path, adapter, template)?;
     let mut cases = Vec::new();
     for p in &pf.prompts {
         let ids = tok.encode(&p.text, p.add_special_tokens)?;

@@ -7,7 +7,9 @@ mod logits;
 pub mod session;
 mod train;
 
-use crate::backend::{resolve_device, DeviceKind};
+#[cfg(feature = "wgpu")]
+use crate::backend::wgpu::WgpuBackend;
+use crate::backend::{resolve_device, CpuBackend, DeviceKind};
 use crate::error::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -133,6 +135,10 @@ pub enum Command {
     },
 }
 
+fn unsupported_device(kind: DeviceKind) -> crate::Error {
+    crate::Error::msg(format!("device {kind:?}: this backend is not available in this build; use --device cpu or wgpu"))
+}
+
 /// Parses `--device`, resolving `auto` to what can run here.
 pub fn device(s: &str) -> Result<DeviceKind> {
     resolve_device(s.parse()?)
@@ -155,8 +161,13 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Logits { model, adapter, prompts, out, template, device: d } => {
-            device(&d)?;
-            logits::run(&model, adapter.as_deref(), &prompts, &out, template.as_deref())
+            let (a, t) = (adapter.as_deref(), template.as_deref());
+            match device(&d)? {
+                DeviceKind::Cpu | DeviceKind::Auto => logits::run(&CpuBackend::new(), &model, a, &prompts, &out, t),
+                #[cfg(feature = "wgpu")]
+                DeviceKind::Wgpu => logits::run(&WgpuBackend::new()?, &model, a, &prompts, &out, t),
+                other => Err(unsupported_device(other)),
+            }
         }
         Command::Chat {
             model,
@@ -172,7 +183,7 @@ pub fn run(cli: Cli) -> Result<()> {
             seed,
             device: d,
         } => {
-            device(&d)?;
+            let kind = device(&d)?;
             let gen = crate::generate::GenerateConfig {
                 max_new_tokens,
                 temperature,
@@ -182,14 +193,20 @@ pub fn run(cli: Cli) -> Result<()> {
                 seed,
                 ..Default::default()
             };
-            chat::run(chat::ChatArgs {
+            let a = chat::ChatArgs {
                 model: &model,
                 adapter: adapter.as_deref(),
                 template: template.as_deref(),
                 system: system.as_deref(),
                 prompt: prompt.as_deref(),
                 gen,
-            })
+            };
+            match kind {
+                DeviceKind::Cpu | DeviceKind::Auto => chat::run(&CpuBackend::new(), a),
+                #[cfg(feature = "wgpu")]
+                DeviceKind::Wgpu => chat::run(&WgpuBackend::new()?, a),
+                other => Err(unsupported_device(other)),
+            }
         }
     }
 }

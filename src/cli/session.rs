@@ -1,7 +1,7 @@
 //! What `chat` and `logits` share: a model (GGUF file or Hugging Face directory) with its tokenizer,
 //! chat template and (optionally) a PEFT adapter applied.
 
-use crate::backend::CpuBackend;
+use crate::backend::Backend;
 use crate::error::{Context, Result};
 use crate::export::peft::{load_adapter, AdapterConfig, QkPermutation};
 use crate::io::gguf::GgufFile;
@@ -10,8 +10,8 @@ use crate::tokenizer::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 use std::path::Path;
 
-pub struct Loaded {
-    pub model: Transformer<CpuBackend>,
+pub struct Loaded<B: Backend> {
+    pub model: Transformer<B>,
     pub cfg: ModelConfig,
     pub tok: Tokenizer,
     pub template: Option<ChatTemplate>,
@@ -22,7 +22,8 @@ pub fn qk_permutation(cfg: &ModelConfig) -> Option<QkPermutation> {
     QkPermutation::for_config(cfg)
 }
 
-pub fn load(model: &Path, adapter: Option<&Path>, template: Option<&str>) -> Result<Loaded> {
+/// Loads onto `be` (frozen weights stay in their stored format where the backend can run it).
+pub fn load<B: Backend>(be: &B, model: &Path, adapter: Option<&Path>, template: Option<&str>) -> Result<Loaded<B>> {
     let (cfg, tok, own_template) = if model.is_dir() {
         let cfg = ModelConfig::from_hf_file(model.join("config.json"))?;
         let tok = Tokenizer::from_file(model.join("tokenizer.json")).context("loading the tokenizer")?;
@@ -41,13 +42,12 @@ pub fn load(model: &Path, adapter: Option<&Path>, template: Option<&str>) -> Res
         )),
         None => own_template,
     };
-    let be = CpuBackend::new();
     let model = match adapter {
-        None => load_model(&be, model, &AdapterSpec::default())?.0,
+        None => load_model(be, model, &AdapterSpec::default())?.0,
         Some(dir) => {
             let ac = AdapterConfig::read(dir)?;
             let spec = AdapterSpec { targets: ac.target_modules.clone(), lora: ac.lora(), seed: 0, quantize: None };
-            let (mut m, _) = load_model(&be, model, &spec)?;
+            let (mut m, _) = load_model(be, model, &spec)?;
             let meta = load_adapter(&mut m, dir, qk_permutation(&cfg))
                 .with_context(|| format!("applying adapter {}", dir.display()))?;
             check_base(&meta, model, dir)?;
