@@ -1,6 +1,6 @@
 //! `lf_model`: a model (GGUF file or Hugging Face directory) with its tokenizer, chat template
 //! and an optional PEFT adapter applied, and `lf_chat`, which streams a reply through a callback.
-//! The loading logic is `loraforge chat`'s (src/cli/session.rs, private there), repeated here.
+//! The loading logic is `loraforge chat`'s (src/cli/session.rs `load`). Models run on the CPU.
 //! Header: ffi/include/loraforge.h ("Models and chat"). Test: ffi/src/tests.rs, ffi/tests/c_example.rs.
 //!
 //! Contract easy to miss: the token callback sees text pieces as soon as they are complete UTF-8
@@ -11,11 +11,9 @@
 use crate::handle::{self, Handle, Kind};
 use crate::status::*;
 use loraforge::backend::CpuBackend;
-use loraforge::error::Context;
-use loraforge::export::peft::{fingerprint_file, load_adapter, AdapterConfig, QkPermutation};
+use loraforge::cli::session::Loaded;
 use loraforge::generate::{generate, GenerateConfig};
-use loraforge::io::gguf::GgufFile;
-use loraforge::model::{load_model, AdapterSpec, ModelConfig, Transformer};
+use loraforge::model::{ModelConfig, Transformer};
 use loraforge::tokenizer::template::{ChatTemplate, Message, RenderOptions};
 use loraforge::tokenizer::Tokenizer;
 use serde_json::Value;
@@ -49,48 +47,13 @@ impl Handle for LfModel {
 /// `int (*lf_token_cb)(const char *piece, void *user)`: nonzero stops generation.
 pub type LfTokenCb = Option<unsafe extern "C" fn(piece: *const c_char, user: *mut c_void) -> c_int>;
 
-/// GGUF llama-family bases store Q/K rows permuted for interleaved RoPE; adapters are in HF order.
-fn qk_permutation(cfg: &ModelConfig) -> Option<QkPermutation> {
-    QkPermutation::for_config(cfg)
-}
-
 fn load(path: &Path, adapter: Option<&Path>, template: Option<&str>) -> FfiResult<LfModel> {
-    let e = lib_err(LF_ERR_FORMAT);
     if !path.exists() {
         return Err(FfiError::new(LF_ERR_IO, format!("{}: no such file or directory", path.display())));
     }
-    let (cfg, tok, own_template) = if path.is_dir() {
-        let cfg = ModelConfig::from_hf_file(path.join("config.json")).map_err(&e)?;
-        let tok = Tokenizer::from_file(path.join("tokenizer.json")).context("loading the tokenizer").map_err(&e)?;
-        (cfg, tok, ChatTemplate::from_hf_dir(path).map_err(&e)?)
-    } else {
-        let f = GgufFile::open(path).map_err(&e)?;
-        let cfg = ModelConfig::from_gguf(&f).map_err(&e)?;
-        let tok = Tokenizer::from_gguf(&f).context("loading the tokenizer").map_err(&e)?;
-        let t = ChatTemplate::from_gguf(&f).map_err(&e)?;
-        (cfg, tok, t)
-    };
-    let template = match template {
-        Some(name) => Some(ChatTemplate::builtin(name).map_err(lib_err(LF_ERR_INVALID_ARGUMENT))?.with_special_tokens(
-            tok.bos_id().and_then(|i| tok.token_to_str(i)).unwrap_or_default(),
-            tok.eos_id().and_then(|i| tok.token_to_str(i)).unwrap_or_default(),
-        )),
-        None => own_template,
-    };
-    let be = CpuBackend::new();
-    let model = match adapter {
-        None => load_model(&be, path, &AdapterSpec::default()).map_err(&e)?.0,
-        Some(dir) => {
-            let ac = AdapterConfig::read(dir).map_err(&e)?;
-            let spec = AdapterSpec { targets: ac.target_modules.clone(), lora: ac.lora(), seed: 0, quantize: None };
-            let (mut m, _) = load_model(&be, path, &spec).map_err(&e)?;
-            let meta = load_adapter(&mut m, dir, qk_permutation(&cfg))
-                .with_context(|| format!("applying adapter {}", dir.display()))
-                .map_err(&e)?;
-            check_base(&meta, path, dir)?;
-            m
-        }
-    };
+    // `loraforge chat`'s loader: tokenizer, template, adapter, and the base-fingerprint check.
+    let Loaded { model, cfg, tok, template } =
+        loraforge::cli::session::load(&CpuBackend::new(), path, adapter, template).map_err(lib_err(LF_ERR_FORMAT))?;
     Ok(LfModel {
         magic: LfModel::MAGIC,
         busy: AtomicBool::new(false),
@@ -101,25 +64,6 @@ fn load(path: &Path, adapter: Option<&Path>, template: Option<&str>) -> FfiResul
         path: path.display().to_string(),
         adapter: adapter.map(|a| a.display().to_string()),
     })
-}
-
-/// An adapter trained on a GGUF base records that file's fingerprint; another GGUF file is
-/// refused (as `loraforge chat` does; LORAFORGE_ALLOW_BASE_MISMATCH=1 overrides).
-fn check_base(meta: &std::collections::HashMap<String, String>, model: &Path, adapter: &Path) -> FfiResult<()> {
-    let Some(want) = meta.get("loraforge.base_fingerprint") else { return Ok(()) };
-    if model.is_dir() || std::env::var("LORAFORGE_ALLOW_BASE_MISMATCH").is_ok_and(|v| v == "1") {
-        return Ok(());
-    }
-    let got = fingerprint_file(model).map_err(lib_err(LF_ERR_IO))?;
-    if &got != want {
-        return Err(FfiError::invalid(format!(
-            "adapter {} was trained on another base (fingerprint {want}), {} has fingerprint {got}; set \
-             LORAFORGE_ALLOW_BASE_MISMATCH=1 to apply it anyway",
-            adapter.display(),
-            model.display()
-        )));
-    }
-    Ok(())
 }
 
 /// Loads a model. `adapter_dir` and `template_name` may be NULL.

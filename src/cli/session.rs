@@ -69,13 +69,16 @@ pub fn check_base(meta: &std::collections::HashMap<String, String>, model: &Path
     let got = crate::export::peft::fingerprint_file(model)?;
     if &got != want {
         let base = meta.get("loraforge.base").map(String::as_str).unwrap_or("another file");
-        return Err(crate::Error::msg(format!(
+        return Err(crate::Error::InvalidArgument {
+            op: "adapter",
+            msg: format!(
             "adapter {} was trained on {base} (fingerprint {want}), but {} has fingerprint {got}: it is a different \
              base (another model or quantization). Use the adapter's base, its Hugging Face release, or set \
              LORAFORGE_ALLOW_BASE_MISMATCH=1 to apply it anyway",
             adapter.display(),
             model.display()
-        )));
+        ),
+        });
     }
     Ok(())
 }
