@@ -23,6 +23,8 @@ struct Params {
     p0: u32, p1: u32, p2: u32, p3: u32,
     offset: f32,
     nwg_x: u32,    // gemv: workgroups along x of the folded 1-D grid
+    a_off: u32,    // element offset of A's first row in `a`
+    c_off: u32,    // element offset of C's first row in `c`
 };
 @group(0) @binding(0) var<storage, read>       a:    array<f32>;  // (M, K)
 @group(0) @binding(1) var<storage, read>       q:    array<u32>;  // packed W
@@ -51,7 +53,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let gm = row0 + mm;
             let gk = k0 + kk;
             var v = 0.0;
-            if (gm < p.m && gk < p.k) { v = a[gm * p.k + gk]; }
+            if (gm < p.m && gk < p.k) { v = a[p.a_off + gm * p.k + gk]; }
             As[kk * 16u + mm / 4u][mm % 4u] = v;
             var kb: u32;
             var nn: u32;
@@ -83,7 +85,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             if (gc >= p.n) { break; }
             var v = acc[i][j];
             if (p.has_bias != 0u) { v += bias[gc]; }
-            let o = gr * p.n + gc;
+            let o = p.c_off + gr * p.n + gc;
             if (p.accumulate != 0u) { c[o] = c[o] + v; } else { c[o] = v; }
         }
     }
@@ -102,7 +104,7 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         for (var k = t; k < p.k; k += GEMV_WG) {
             let w = w_at(j, k);
             for (var i = 0u; i < p.m; i++) {
-                acc[i] += a[i * p.k + k] * w;
+                acc[i] += a[p.a_off + i * p.k + k] * w;
             }
         }
     }
@@ -115,7 +117,7 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     if (t < p.m && j < p.n) {
         var v = red[0][t];
         if (p.has_bias != 0u) { v += bias[j]; }
-        let o = t * p.n + j;
+        let o = p.c_off + t * p.n + j;
         if (p.accumulate != 0u) { c[o] = c[o] + v; } else { c[o] = v; }
     }
 }

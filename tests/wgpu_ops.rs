@@ -447,6 +447,46 @@ fn linear_cross_entropy_forward_backward() {
     assert!(g.linear_cross_entropy(&up(g, &[0.0]), &up(g, &[0.0]), &[5], 1, 1, 1, None, None, false).is_err());
 }
 
+/// The cross-entropy over a frozen packed head (Q8_0, NF4) reads the head through quant_linear.wgsl
+/// and never makes it dense: loss and dh against the CPU (which decodes the head, then runs the
+/// dense op). n = 300 tokens span two 256-token chunks (offsets into h and dh); one case soft-caps.
+/// Same bounds as the dense cross-entropy above (sums of C = 96 products: 3e-4 abs on dh).
+#[test]
+fn linear_cross_entropy_over_a_packed_head() {
+    use loraforge::quant::ggml::{GgmlMatrix, GgmlType};
+    use loraforge::quant::nf4::Nf4Matrix;
+    let g = gpu_or_skip!();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(12);
+    let v = 211;
+    for (n, cc, cap, nf4) in [(300usize, 96usize, None, false), (7, 33, Some(4.0f32), true)] {
+        let w = rand_f32(&mut rng, v * cc, -1.0, 1.0);
+        let q: loraforge::backend::HostQuant = if nf4 {
+            Arc::new(Nf4Matrix::quantize(&w, v, cc, 64, true).unwrap())
+        } else {
+            Arc::new(GgmlMatrix::quantize(GgmlType::Q8_0, v, cc, &w).unwrap())
+        };
+        let (gq, cq) = (g.upload_quant(q.clone()).unwrap(), c.upload_quant(q).unwrap());
+        assert!(gq.is_packed());
+        let h = rand_f32(&mut rng, n * cc, -1.0, 1.0);
+        let targets: Vec<i32> = (0..n).map(|i| if i % 5 == 2 { -100 } else { rng.below(v as _) as i32 }).collect();
+        let s = Some(0.5);
+        let (gs, gdh) = g.linear_cross_entropy_frozen(&up(g, &h), &gq, &targets, n, cc, v, cap, s).unwrap();
+        let (cs, cdh) = c.linear_cross_entropy_frozen(&c.upload(&h).unwrap(), &cq, &targets, n, cc, v, cap, s).unwrap();
+        assert_eq!(gs.count, cs.count);
+        assert!(
+            (gs.loss_sum - cs.loss_sum).abs() <= 1e-5 * cs.loss_sum.abs().max(1.0),
+            "loss {} vs {}",
+            gs.loss_sum,
+            cs.loss_sum
+        );
+        assert_close(&down(g, &gdh.unwrap()), &cdown(&cdh.unwrap()), Tol { abs: 3e-4, rel: 1e-4 }, "packed ce dh");
+    }
+    let bad = Arc::new(GgmlMatrix::quantize(GgmlType::Q8_0, 3, 32, &[0.5; 96]).unwrap());
+    let bq = g.upload_quant(bad).unwrap();
+    assert!(g.linear_cross_entropy_frozen(&up(g, &[0.0; 32]), &bq, &[1], 1, 32, 4, None, None).is_err());
+}
+
 /// T = 67 spans a 64-wide block plus a partial one; D = 8 and 16; GQA 4/2 and MQA 3/1.
 /// exp and f32 dot products: out ~1e-6, lse ~1e-6, grads accumulate T terms: 1e-4.
 #[test]

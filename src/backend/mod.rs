@@ -218,6 +218,26 @@ pub trait Backend: Clone + Send + Sync + 'static {
         need_dw: bool,
     ) -> Result<(CeStats, Option<Self::Storage>, Option<Self::Storage>)>;
 
+    /// `linear_cross_entropy` with a frozen (possibly quantized) head `w` (V, C): no dW. The
+    /// default decodes the whole head to f32 first; a backend that can read the packed head in its
+    /// kernels overrides it and never holds the (V, C) f32 matrix (1 GB at a 128k vocabulary).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_cross_entropy_frozen(
+        &self,
+        h: &Self::Storage,
+        w: &Self::QStorage,
+        targets: &[i32],
+        n: usize,
+        c: usize,
+        v: usize,
+        softcap: Option<f32>,
+        grad_scale: Option<f64>,
+    ) -> Result<(CeStats, Option<Self::Storage>)> {
+        let dense = self.dequantize(w)?;
+        let (stats, dh, _) = self.linear_cross_entropy(h, &dense, targets, n, c, v, softcap, grad_scale, false)?;
+        Ok((stats, dh))
+    }
+
     // === optimizer ===
     fn adamw_step(
         &self,

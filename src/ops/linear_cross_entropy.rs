@@ -50,10 +50,16 @@ pub fn linear_cross_entropy<B: Backend>(
     };
     let tracked = h.is_tracked() || w_var.is_some();
     let grad_scale = (tracked && count > 0).then(|| 1.0 / count as f64);
-    let w_dense = w.to_dense(be)?;
-    let (stats, dh, dw) =
-        be.linear_cross_entropy(&h.s, &w_dense.s, targets, n, c, v, softcap, grad_scale, w_var.is_some())?;
-    drop(w_dense);
+    let (stats, dh, dw) = match w {
+        Weight::Dense(wd) => {
+            be.linear_cross_entropy(&h.s, &wd.s, targets, n, c, v, softcap, grad_scale, w_var.is_some())?
+        }
+        // A frozen head is read as stored (packed on GPU backends that can), never made dense here.
+        Weight::Frozen(q) => {
+            let (stats, dh) = be.linear_cross_entropy_frozen(&h.s, q, targets, n, c, v, softcap, grad_scale)?;
+            (stats, dh, None)
+        }
+    };
     let mean = if stats.count > 0 { stats.loss_sum / stats.count as f64 } else { 0.0 };
     let out = be.upload(&[mean as f32])?;
     let var = tape.record(tracked, || BackwardOp::LinearCrossEntropy { h: h.var, w: w_var, dh, dw });

@@ -44,6 +44,13 @@ pub struct WgpuQuant {
     format: String,
 }
 
+/// The head a cross-entropy reads: a dense f32 matrix or a packed frozen weight.
+#[derive(Clone, Copy)]
+enum Head<'a> {
+    Dense(&'a WgpuStorage),
+    Packed(&'a WgpuQuant),
+}
+
 enum QuantRepr {
     Dense(WgpuStorage),
     Packed { q: WgpuStorage, aux: WgpuStorage, format: DeviceFormat, params: [u32; 4], offset: f32 },
@@ -115,9 +122,6 @@ impl WgpuBackend {
         n: usize,
         backward: bool,
     ) -> Result<WgpuStorage> {
-        let QuantRepr::Packed { q, aux, format, params, offset } = &w.repr else {
-            return Err(Error::msg("quant_matmul: weight is not packed"));
-        };
         let (m, nn, k) = if backward { (n, w.cols, w.rows) } else { (n, w.rows, w.cols) };
         let out = self.alloc("quant_linear", m * nn)?;
         if k == 0 || m == 0 || nn == 0 {
@@ -128,6 +132,30 @@ impl WgpuBackend {
             }
             return Ok(out);
         }
+        self.quant_matmul_into(out.b(), 0, a.b(), 0, w, bias.map(|b| b.b()), n, backward)?;
+        Ok(out)
+    }
+
+    /// `quant_matmul` into `out` at element offset `out_off`, reading `n` rows of A from `a_off`.
+    #[allow(clippy::too_many_arguments)]
+    fn quant_matmul_into(
+        &self,
+        out: &wgpu::Buffer,
+        out_off: usize,
+        a: &wgpu::Buffer,
+        a_off: usize,
+        w: &WgpuQuant,
+        bias: Option<&wgpu::Buffer>,
+        n: usize,
+        backward: bool,
+    ) -> Result<()> {
+        let QuantRepr::Packed { q, aux, format, params, offset } = &w.repr else {
+            return Err(Error::msg("quant_matmul: weight is not packed"));
+        };
+        let (m, nn, k) = if backward { (n, w.cols, w.rows) } else { (n, w.rows, w.cols) };
+        if k == 0 || m == 0 || nn == 0 {
+            return Ok(());
+        }
         let ov = [("FORMAT", *format as u32 as f64), ("BACKWARD", backward as u32 as f64)];
         // Up to GEMV_MAX tokens (quant_linear.wgsl): one workgroup per output feature.
         let gemv = !backward && m <= 4;
@@ -137,7 +165,7 @@ impl WgpuBackend {
             "quant_linear",
             if gemv { "gemv" } else { "main" },
             &ov,
-            &[Bind::R(a.b()), Bind::R(q.b()), Bind::R(aux.b()), Bind::R(bias.unwrap_or(a).b()), Bind::W(out.b())],
+            &[Bind::R(a), Bind::R(q.b()), Bind::R(aux.b()), Bind::R(bias.unwrap_or(a)), Bind::W(out)],
             &[
                 u(m),
                 u(nn),
@@ -152,10 +180,11 @@ impl WgpuBackend {
                 params[3],
                 offset.to_bits(),
                 groups.0,
+                u(a_off),
+                u(out_off),
             ],
             groups,
-        )?;
-        Ok(out)
+        )
     }
 
     /// Rows of a packed weight decoded to f32 (dequantize.wgsl): `ids` rows in that order, or all.
@@ -194,6 +223,106 @@ impl WgpuBackend {
             groups,
         )?;
         Ok(out)
+    }
+
+    /// Chunked linear + cross-entropy (linear_cross_entropy.wgsl between two matmuls) over a
+    /// dense or packed head.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy(
+        &self,
+        h: &WgpuStorage,
+        head: Head<'_>,
+        targets: &[i32],
+        n: usize,
+        c: usize,
+        v: usize,
+        softcap: Option<f32>,
+        grad_scale: Option<f64>,
+        need_dw: bool,
+    ) -> Result<(CeStats, Option<WgpuStorage>, Option<WgpuStorage>)> {
+        const OP: &str = "linear_cross_entropy";
+        check_len(OP, "h", h, n * c)?;
+        if targets.len() != n {
+            return Err(bad(OP, format!("targets has {}, expected N = {n}", targets.len())));
+        }
+        if let Some(&t) = targets.iter().find(|&&t| t != IGNORE_INDEX && (t < 0 || t as usize >= v)) {
+            return Err(bad(OP, format!("target {t} out of range for vocab {v} (and not {IGNORE_INDEX})")));
+        }
+        let dh = match grad_scale {
+            Some(_) => Some(self.zeroed(OP, n * c)?),
+            None => None,
+        };
+        let dw = match (grad_scale, need_dw) {
+            (Some(_), true) => Some(self.zeroed(OP, v * c)?),
+            _ => None,
+        };
+        let count = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
+        if n == 0 {
+            return Ok((CeStats { loss_sum: 0.0, count }, dh, dw));
+        }
+        let chunk = (CE_SCRATCH_BYTES / (4 * v.max(1))).clamp(1, 256).min(n);
+        let logits = self.alloc(OP, chunk * v)?;
+        let tb = self.upload_words(OP, bytemuck::cast_slice(targets))?;
+        let loss = self.alloc(OP, n)?;
+        let mut r0 = 0;
+        while r0 < n {
+            let rows = chunk.min(n - r0);
+            // logits (rows, V) = h[r0..r0+rows] (rows, C) · Wᵀ
+            match head {
+                Head::Dense(w) => self.matmul_into(
+                    logits.b(),
+                    h.b(),
+                    w.b(),
+                    None,
+                    MatmulDims::linear(rows, v, c),
+                    (r0 * c, 0, 0),
+                    rows * v,
+                    false,
+                )?,
+                Head::Packed(w) => self.quant_matmul_into(logits.b(), 0, h.b(), r0 * c, w, None, rows, false)?,
+            }
+            dispatch(
+                &self.ctx,
+                OP,
+                "main",
+                &[],
+                &[Bind::R(tb.b()), Bind::W(logits.b()), Bind::W(loss.b())],
+                &[
+                    u(rows),
+                    u(v),
+                    u(r0),
+                    grad_scale.is_some() as u32,
+                    softcap.unwrap_or(0.0).to_bits(),
+                    (grad_scale.unwrap_or(0.0) as f32).to_bits(),
+                ],
+                grid_1d(rows),
+            )?;
+            if let Some(dh) = &dh {
+                // dh[r0..] (rows, C) = dz (rows, V) · W (V, C)
+                match head {
+                    Head::Dense(w) => self.matmul_into(
+                        dh.b(),
+                        logits.b(),
+                        w.b(),
+                        None,
+                        MatmulDims::new(rows, c, v),
+                        (0, 0, r0 * c),
+                        rows * c,
+                        false,
+                    )?,
+                    Head::Packed(w) => self.quant_matmul_into(dh.b(), r0 * c, logits.b(), 0, w, None, rows, true)?,
+                }
+            }
+            if let Some(dw) = &dw {
+                // dW (V, C) += dzᵀ (V, rows) · h[r0..] (rows, C)
+                let d = MatmulDims { trans_a: true, ..MatmulDims::new(v, c, rows) };
+                self.matmul_into(dw.b(), logits.b(), h.b(), None, d, (0, r0 * c, 0), v * c, true)?;
+            }
+            r0 += rows;
+        }
+        let losses = self.download(&loss)?;
+        let loss_sum = losses.iter().zip(targets).filter(|(_, &t)| t != IGNORE_INDEX).map(|(&l, _)| l as f64).sum();
+        Ok((CeStats { loss_sum, count }, dh, dw))
     }
 
     /// One elementwise.wgsl launch over `n` threads.
@@ -979,84 +1108,29 @@ impl Backend for WgpuBackend {
         grad_scale: Option<f64>,
         need_dw: bool,
     ) -> Result<(CeStats, Option<WgpuStorage>, Option<WgpuStorage>)> {
-        const OP: &str = "linear_cross_entropy";
-        check_len(OP, "h", h, n * c)?;
-        check_len(OP, "w", w, v * c)?;
-        if targets.len() != n {
-            return Err(bad(OP, format!("targets has {}, expected N = {n}", targets.len())));
+        check_len("linear_cross_entropy", "w", w, v * c)?;
+        self.cross_entropy(h, Head::Dense(w), targets, n, c, v, softcap, grad_scale, need_dw)
+    }
+    fn linear_cross_entropy_frozen(
+        &self,
+        h: &WgpuStorage,
+        w: &WgpuQuant,
+        targets: &[i32],
+        n: usize,
+        c: usize,
+        v: usize,
+        softcap: Option<f32>,
+        grad_scale: Option<f64>,
+    ) -> Result<(CeStats, Option<WgpuStorage>)> {
+        if (w.rows, w.cols) != (v, c) {
+            return Err(bad("linear_cross_entropy", format!("head is {}x{}, expected {v}x{c}", w.rows, w.cols)));
         }
-        if let Some(&t) = targets.iter().find(|&&t| t != IGNORE_INDEX && (t < 0 || t as usize >= v)) {
-            return Err(bad(OP, format!("target {t} out of range for vocab {v} (and not {IGNORE_INDEX})")));
-        }
-        let dh = match grad_scale {
-            Some(_) => Some(self.zeroed(OP, n * c)?),
-            None => None,
+        let head = match &w.repr {
+            QuantRepr::Dense(d) => Head::Dense(d),
+            QuantRepr::Packed { .. } => Head::Packed(w),
         };
-        let dw = match (grad_scale, need_dw) {
-            (Some(_), true) => Some(self.zeroed(OP, v * c)?),
-            _ => None,
-        };
-        let count = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
-        if n == 0 {
-            return Ok((CeStats { loss_sum: 0.0, count }, dh, dw));
-        }
-        let chunk = (CE_SCRATCH_BYTES / (4 * v.max(1))).clamp(1, 256).min(n);
-        let logits = self.alloc(OP, chunk * v)?;
-        let tb = self.upload_words(OP, bytemuck::cast_slice(targets))?;
-        let loss = self.alloc(OP, n)?;
-        let mut r0 = 0;
-        while r0 < n {
-            let rows = chunk.min(n - r0);
-            // logits (rows, V) = h[r0..r0+rows] (rows, C) · Wᵀ
-            self.matmul_into(
-                logits.b(),
-                h.b(),
-                w.b(),
-                None,
-                MatmulDims::linear(rows, v, c),
-                (r0 * c, 0, 0),
-                rows * v,
-                false,
-            )?;
-            dispatch(
-                &self.ctx,
-                OP,
-                "main",
-                &[],
-                &[Bind::R(tb.b()), Bind::W(logits.b()), Bind::W(loss.b())],
-                &[
-                    u(rows),
-                    u(v),
-                    u(r0),
-                    grad_scale.is_some() as u32,
-                    softcap.unwrap_or(0.0).to_bits(),
-                    (grad_scale.unwrap_or(0.0) as f32).to_bits(),
-                ],
-                grid_1d(rows),
-            )?;
-            if let Some(dh) = &dh {
-                // dh[r0..] (rows, C) = dz (rows, V) · W (V, C)
-                self.matmul_into(
-                    dh.b(),
-                    logits.b(),
-                    w.b(),
-                    None,
-                    MatmulDims::new(rows, c, v),
-                    (0, 0, r0 * c),
-                    rows * c,
-                    false,
-                )?;
-            }
-            if let Some(dw) = &dw {
-                // dW (V, C) += dzᵀ (V, rows) · h[r0..] (rows, C)
-                let d = MatmulDims { trans_a: true, ..MatmulDims::new(v, c, rows) };
-                self.matmul_into(dw.b(), logits.b(), h.b(), None, d, (0, r0 * c, 0), v * c, true)?;
-            }
-            r0 += rows;
-        }
-        let losses = self.download(&loss)?;
-        let loss_sum = losses.iter().zip(targets).filter(|(_, &t)| t != IGNORE_INDEX).map(|(&l, _)| l as f64).sum();
-        Ok((CeStats { loss_sum, count }, dh, dw))
+        let (stats, dh, _) = self.cross_entropy(h, head, targets, n, c, v, softcap, grad_scale, false)?;
+        Ok((stats, dh))
     }
 
     fn adamw_step(
