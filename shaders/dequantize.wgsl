@@ -1,5 +1,7 @@
 // dequantize.wgsl: rows of a frozen weight decoded to f32: out[i, c] = W[ids[i], c] (embedding
 // lookup of a quantized table), or every row in order when `has_ids` is 0 (Backend::dequantize).
+// Called once per row piece of a weight larger than one binding: the piece holds rows
+// [row_base, row_base + piece_rows); lookups of other rows are left to the other pieces.
 // The decode is quant_decode.wgsl's `w_at` (prepended).
 // Spec: src/quant/{ggml,nf4,int8}.rs `dequantize_row`   Test: tests/wgpu_ops.rs (quant_formats_*)
 // One thread per output element on a 1-D grid of 256-thread workgroups folded into (x, y).
@@ -11,6 +13,8 @@ struct Params {
     nwg_x: u32,
     p0: u32, p1: u32, p2: u32, p3: u32,
     offset: f32,
+    row_base: u32,     // first weight row this piece holds
+    piece_rows: u32,
 };
 @group(0) @binding(0) var<storage, read>       ids: array<u32>;  // (n_rows) when has_ids
 @group(0) @binding(1) var<storage, read>       q:   array<u32>;
@@ -24,7 +28,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     if (i >= p.n_rows * p.cols) { return; }
     let row = i / p.cols;
     let col = i % p.cols;
-    var r = row;
-    if (p.has_ids != 0u) { r = ids[row]; }
-    out[i] = w_at(r, col);
+    if (p.has_ids != 0u) {
+        let r = ids[row];
+        if (r < p.row_base || r >= p.row_base + p.piece_rows) { return; }
+        out[i] = w_at(r - p.row_base, col);
+    } else {
+        out[p.row_base * p.cols + i] = w_at(row, col);
+    }
 }

@@ -7,7 +7,7 @@
 // Test: tests/wgpu_ops.rs (quant_formats_*).
 //
 // FORMAT (override): 1 q4_0, 2 q4_1, 3 q5_0, 4 q5_1, 5 q8_0, 6 q4_k, 7 q6_k, 8 f16, 9 bf16,
-// 10 nf4, 11 nf4 with double-quantized absmax, 12 int8, 13 q5_k. One pipeline per format, so the
+// 10 nf4, 11 nf4 with double-quantized absmax, 12 int8, 13 q5_k, 14 f32. One pipeline per format, so the
 // switch below folds away. Every read is a byte (or an aligned f16) of `q`: ggml blocks are 18, 20,
 // 22, 24, 34, 144, 176 or 210 bytes, so blocks are not word-aligned and no wider load is safe.
 // The arithmetic order follows the CPU decoders (d * sc first, then * q, then - m) so results agree
@@ -139,6 +139,9 @@ fn w_at(r: u32, c: u32) -> f32 {
                 absmax = aux[16u + byte_at(p.p2 + b)] * aux[272u + b / p.p3] + p.offset;
             }
             return round_dtype(aux[nib] * absmax, p.p1);
+        }
+        case 14u: {  // f32
+            return bitcast<f32>(q[(r * p.p0) / 4u + c]);
         }
         case 12u: {  // int8: per-row scale
             return i8_of(byte_at(r * p.cols + c)) * aux[r];

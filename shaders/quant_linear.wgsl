@@ -12,6 +12,9 @@
 // per output feature j; thread t decodes W[j][t], W[j][t + 256], ... once and multiplies each by
 // the M token rows, then a workgroup tree reduction. The tiled kernel would leave 63 of its 64
 // tile rows idle at M = 1 and decode every element 64 times over.
+// A weight larger than one storage binding arrives in row pieces (src/quant/mod.rs `split_rows`):
+// the launcher calls this kernel once per piece with offsets and leading dimensions (lda, ldc) so a
+// piece writes its slice of C's columns (forward) or adds its part of the K sum (backward).
 // Contract easy to miss: `accumulate` = 1 makes C += result.
 override BACKWARD: bool = false;
 
@@ -25,6 +28,9 @@ struct Params {
     nwg_x: u32,    // gemv: workgroups along x of the folded 1-D grid
     a_off: u32,    // element offset of A's first row in `a`
     c_off: u32,    // element offset of C's first row in `c`
+    lda: u32,      // elements between rows of A (K unless A is a column slice)
+    ldc: u32,      // elements between rows of C (N unless C is a column slice)
+    bias_off: u32, // bias index of C's first column
 };
 @group(0) @binding(0) var<storage, read>       a:    array<f32>;  // (M, K)
 @group(0) @binding(1) var<storage, read>       q:    array<u32>;  // packed W
@@ -53,7 +59,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let gm = row0 + mm;
             let gk = k0 + kk;
             var v = 0.0;
-            if (gm < p.m && gk < p.k) { v = a[p.a_off + gm * p.k + gk]; }
+            if (gm < p.m && gk < p.k) { v = a[p.a_off + gm * p.lda + gk]; }
             As[kk * 16u + mm / 4u][mm % 4u] = v;
             var kb: u32;
             var nn: u32;
@@ -84,8 +90,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let gc = col0 + lid.x * 4u + j;
             if (gc >= p.n) { break; }
             var v = acc[i][j];
-            if (p.has_bias != 0u) { v += bias[gc]; }
-            let o = p.c_off + gr * p.n + gc;
+            if (p.has_bias != 0u) { v += bias[p.bias_off + gc]; }
+            let o = p.c_off + gr * p.ldc + gc;
             if (p.accumulate != 0u) { c[o] = c[o] + v; } else { c[o] = v; }
         }
     }
@@ -104,7 +110,7 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         for (var k = t; k < p.k; k += GEMV_WG) {
             let w = w_at(j, k);
             for (var i = 0u; i < p.m; i++) {
-                acc[i] += a[p.a_off + i * p.k + k] * w;
+                acc[i] += a[p.a_off + i * p.lda + k] * w;
             }
         }
     }
@@ -116,8 +122,8 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     if (t < p.m && j < p.n) {
         var v = red[0][t];
-        if (p.has_bias != 0u) { v += bias[j]; }
-        let o = p.c_off + t * p.n + j;
+        if (p.has_bias != 0u) { v += bias[p.bias_off + j]; }
+        let o = p.c_off + t * p.ldc + j;
         if (p.accumulate != 0u) { c[o] = c[o] + v; } else { c[o] = v; }
     }
 }

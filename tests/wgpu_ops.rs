@@ -487,6 +487,80 @@ fn linear_cross_entropy_over_a_packed_head() {
     assert!(g.linear_cross_entropy_frozen(&up(g, &[0.0; 32]), &bq, &[1], 1, 32, 4, None, None).is_err());
 }
 
+/// Frozen weights larger than one storage binding are bound in row pieces. A backend capped at
+/// 64 KiB per binding (`WgpuBackend::with_binding_limit`) stands in for a 128k-vocabulary table on
+/// a 128 MiB device: every weight here needs 2-3 pieces (asserted), including an f32 weight (host
+/// f32 split the same way) and NF4 with double quantization (pieces on nested-block boundaries).
+/// Embedding lookups, quant_linear (+ bias), its input gradient and the cross-entropy over a split
+/// head must equal the unsplit CPU results (same bounds as the unsplit tests).
+#[test]
+fn weights_larger_than_a_binding_are_split_in_row_pieces() {
+    use loraforge::quant::ggml::{GgmlMatrix, GgmlType};
+    use loraforge::quant::int8::Int8Matrix;
+    use loraforge::quant::nf4::Nf4Matrix;
+    use loraforge::quant::DeviceFormat;
+    if gpu().is_none() {
+        println!("SKIP: no wgpu adapter (set LORAFORGE_ALLOW_SOFTWARE_ADAPTER=1)");
+        return;
+    }
+    let g = WgpuBackend::with_binding_limit(64 << 10).unwrap();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(31);
+    let mut cases: Vec<(&str, usize, usize, loraforge::backend::HostQuant)> = Vec::new();
+    let mut w = |n: usize| rand_f32(&mut rng, n, -1.0, 1.0);
+    let (r, k) = (1000, 96);
+    cases.push(("q8_0", r, k, Arc::new(GgmlMatrix::quantize(GgmlType::Q8_0, r, k, &w(r * k)).unwrap())));
+    cases.push(("int8", r, k, Arc::new(Int8Matrix::quantize(&w(r * k), r, k).unwrap())));
+    cases.push(("f32", 300, k, Arc::new(F32Matrix { data: w(300 * k), rows: 300, cols: k })));
+    cases.push(("q4_k", 300, 512, Arc::new(GgmlMatrix::quantize(GgmlType::Q4_K, 300, 512, &w(300 * 512)).unwrap())));
+    cases.push(("nf4", 3000, 64, Arc::new(Nf4Matrix::quantize(&w(192_000), 3000, 64, 64, false).unwrap())));
+    cases.push(("nf4_dq", 160, 2048, Arc::new(Nf4Matrix::quantize(&w(160 * 2048), 160, 2048, 64, true).unwrap())));
+    let tol = Tol { abs: 3e-4, rel: 1e-4 };
+    for (name, rows, cols, q) in cases {
+        let (gq, cq) = (g.upload_quant(q.clone()).unwrap(), c.upload_quant(q).unwrap());
+        assert!(gq.pieces() >= 2, "{name}: {} piece(s)", gq.pieces());
+        if name == "f32" {
+            assert_eq!(gq.device_format(), Some(DeviceFormat::F32));
+        }
+        let ids = [0u32, rows as u32 - 1, (rows / 2) as u32, 1, rows as u32 - 1];
+        assert_close(
+            &down(&g, &g.embedding_quant(&ids, &gq).unwrap()),
+            &cdown(&c.embedding_quant(&ids, &cq).unwrap()),
+            Tol { abs: 1e-7, rel: 1e-6 },
+            &format!("{name} embedding_quant"),
+        );
+        let bias = rand_f32(&mut rng, rows, -1.0, 1.0);
+        for n in [1, 5] {
+            let x = rand_f32(&mut rng, n * cols, -1.0, 1.0);
+            let dy = rand_f32(&mut rng, n * rows, -1.0, 1.0);
+            let got = down(&g, &g.quant_linear(&up(&g, &x), &gq, Some(&up(&g, &bias)), n).unwrap());
+            let want = cdown(&c.quant_linear(&c.upload(&x).unwrap(), &cq, Some(&c.upload(&bias).unwrap()), n).unwrap());
+            assert_close(&got, &want, tol, &format!("{name} quant_linear n={n}"));
+            let got = down(&g, &g.quant_linear_backward(&up(&g, &dy), &gq, n).unwrap());
+            let want = cdown(&c.quant_linear_backward(&c.upload(&dy).unwrap(), &cq, n).unwrap());
+            // K = rows (up to 1000) products per output: sqrt(K) eps sum|x w| ~ 1e-4.
+            assert_close(&got, &want, Tol { abs: 1e-3, rel: 1e-4 }, &format!("{name} quant_linear_backward n={n}"));
+        }
+        if name == "q8_0" {
+            let n = 7;
+            let h = rand_f32(&mut rng, n * cols, -1.0, 1.0);
+            let t: Vec<i32> = (0..n).map(|i| if i == 3 { -100 } else { rng.below(rows as _) as i32 }).collect();
+            let (gs, gdh) =
+                g.linear_cross_entropy_frozen(&up(&g, &h), &gq, &t, n, cols, rows, None, Some(1.0)).unwrap();
+            let (cs, cdh) =
+                c.linear_cross_entropy_frozen(&c.upload(&h).unwrap(), &cq, &t, n, cols, rows, None, Some(1.0)).unwrap();
+            assert!((gs.loss_sum - cs.loss_sum).abs() <= 1e-5 * cs.loss_sum.abs(), "{} {}", gs.loss_sum, cs.loss_sum);
+            assert_close(
+                &down(&g, &gdh.unwrap()),
+                &cdown(&cdh.unwrap()),
+                Tol { abs: 1e-3, rel: 1e-4 },
+                "split head ce dh",
+            );
+        }
+        println!("{name}: {} pieces, lookups / matmuls / gradients match the CPU", gq.pieces());
+    }
+}
+
 /// T = 67 spans a 64-wide block plus a partial one; D = 8 and 16; GQA 4/2 and MQA 3/1.
 /// exp and f32 dot products: out ~1e-6, lse ~1e-6, grads accumulate T terms: 1e-4.
 #[test]

@@ -35,6 +35,8 @@ pub struct Ctx {
     pending: Mutex<Pending>,
     /// The first uncaptured device error (validation, out of memory), reported at the next sync.
     error: Arc<Mutex<Option<String>>>,
+    /// A cap on storage bindings below the adapter's (`open`).
+    binding_cap: Option<u64>,
     /// Set by wgpu's device-lost callback (driver reset, GPU removed, `destroy`). From then on
     /// every allocation, sync and readback is an error instead of work on a dead device.
     lost: Arc<Mutex<Option<String>>>,
@@ -121,6 +123,12 @@ pub fn describe_adapters() -> Vec<String> {
 impl Ctx {
     /// Picks the best usable adapter and opens a device on it.
     pub fn new() -> Result<Arc<Ctx>> {
+        Self::open(None)
+    }
+
+    /// `new`, with storage bindings capped at `binding_cap` bytes (below the adapter's limit):
+    /// emulates a smaller device, so the split paths run on small shapes in tests.
+    pub fn open(binding_cap: Option<u64>) -> Result<Arc<Ctx>> {
         let allow = software_allowed();
         let mut cands: Vec<(u32, wgpu::Adapter)> =
             adapters().into_iter().filter_map(|a| rank(&a.get_info(), allow).map(|r| (r, a))).collect();
@@ -178,11 +186,13 @@ impl Ctx {
             pending: Mutex::new(Pending::default()),
             error,
             lost,
+            binding_cap,
         }))
     }
 
     pub fn max_binding(&self) -> u64 {
-        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+        let l = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        self.binding_cap.map_or(l, |c| c.min(l))
     }
 
     /// `Err` once the device is lost: the caller's run stops there (its checkpoints, written

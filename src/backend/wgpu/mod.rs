@@ -39,6 +39,13 @@ impl WgpuBackend {
         Ok(WgpuBackend { ctx: device::Ctx::new()? })
     }
 
+    /// `new`, with storage bindings capped at `bytes`: behaves like a device whose
+    /// `max_storage_buffer_binding_size` is that small (frozen weights above it are split in row
+    /// pieces, other buffers above it are refused). For tests of the split paths on small shapes.
+    pub fn with_binding_limit(bytes: u64) -> Result<Self> {
+        Ok(WgpuBackend { ctx: device::Ctx::open(Some(bytes))? })
+    }
+
     /// The adapter in use, as `describe_adapters` prints it (name, backend, type).
     pub fn adapter_name(&self) -> String {
         format!("{} ({:?}, {:?})", self.ctx.info.name, self.ctx.info.backend, self.ctx.info.device_type)

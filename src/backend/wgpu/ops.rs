@@ -53,13 +53,43 @@ enum Head<'a> {
 
 enum QuantRepr {
     Dense(WgpuStorage),
-    Packed { q: WgpuStorage, aux: WgpuStorage, format: DeviceFormat, params: [u32; 4], offset: f32 },
+    /// Row pieces, each within one storage binding (usually a single piece).
+    Packed {
+        pieces: Vec<Piece>,
+        format: DeviceFormat,
+        offset: f32,
+    },
+}
+
+/// Rows [r0, r0 + rows) of a packed weight: its bytes as u32 words, side table, format params.
+struct Piece {
+    r0: usize,
+    rows: usize,
+    q: WgpuStorage,
+    aux: WgpuStorage,
+    params: [u32; 4],
 }
 
 impl WgpuQuant {
     /// True when the weight lives on the device in its packed form.
     pub fn is_packed(&self) -> bool {
         matches!(self.repr, QuantRepr::Packed { .. })
+    }
+
+    /// How many row pieces the packed weight is bound in (1 unless it exceeds one binding).
+    pub fn pieces(&self) -> usize {
+        match &self.repr {
+            QuantRepr::Dense(_) => 1,
+            QuantRepr::Packed { pieces, .. } => pieces.len(),
+        }
+    }
+
+    /// The device format the kernels decode ("f32" for host-decoded pieces), None when dense.
+    pub fn device_format(&self) -> Option<DeviceFormat> {
+        match &self.repr {
+            QuantRepr::Dense(_) => None,
+            QuantRepr::Packed { format, .. } => Some(*format),
+        }
     }
 }
 
@@ -132,96 +162,136 @@ impl WgpuBackend {
             }
             return Ok(out);
         }
-        self.quant_matmul_into(out.b(), 0, a.b(), 0, w, bias.map(|b| b.b()), n, backward)?;
+        let (ldc, lda) = if backward { (w.cols, w.rows) } else { (w.rows, w.cols) };
+        self.quant_matmul_into(out.b(), 0, ldc, a.b(), 0, lda, w, bias.map(|b| b.b()), n, backward)?;
         Ok(out)
     }
 
-    /// `quant_matmul` into `out` at element offset `out_off`, reading `n` rows of A from `a_off`.
+    fn upload_pieces(
+        &self,
+        pieces: Vec<(usize, usize, crate::quant::DeviceBlocks)>,
+        format: DeviceFormat,
+        offset: f32,
+    ) -> Result<QuantRepr> {
+        let mut out = Vec::with_capacity(pieces.len());
+        for (r0, rows, b) in pieces {
+            let mut w = vec![0u32; b.bytes.len().div_ceil(4).max(1)];
+            bytemuck::cast_slice_mut::<u32, u8>(&mut w)[..b.bytes.len()].copy_from_slice(&b.bytes);
+            let q = self.upload_words("upload_quant", &w)?;
+            let aux = if b.aux.is_empty() { self.zeros(1)? } else { self.upload(&b.aux)? };
+            out.push(Piece { r0, rows, q, aux, params: b.params });
+        }
+        Ok(QuantRepr::Packed { pieces: out, format, offset })
+    }
+
+    /// `quant_matmul` into `out`: forward writes C (n, rows) at element offset `out_off` with row
+    /// stride `ldc` from A (n, cols) at `a_off` (row stride cols); backward writes C (n, cols) at
+    /// `out_off` (row stride `ldc`) from A (n, rows) at `a_off` with row stride `lda`. One launch
+    /// per row piece: forward pieces fill their columns of C, backward pieces add their K slices.
     #[allow(clippy::too_many_arguments)]
     fn quant_matmul_into(
         &self,
         out: &wgpu::Buffer,
         out_off: usize,
+        ldc: usize,
         a: &wgpu::Buffer,
         a_off: usize,
+        lda: usize,
         w: &WgpuQuant,
         bias: Option<&wgpu::Buffer>,
         n: usize,
         backward: bool,
     ) -> Result<()> {
-        let QuantRepr::Packed { q, aux, format, params, offset } = &w.repr else {
+        let QuantRepr::Packed { pieces, format, offset } = &w.repr else {
             return Err(Error::msg("quant_matmul: weight is not packed"));
         };
-        let (m, nn, k) = if backward { (n, w.cols, w.rows) } else { (n, w.rows, w.cols) };
-        if k == 0 || m == 0 || nn == 0 {
-            return Ok(());
-        }
         let ov = [("FORMAT", *format as u32 as f64), ("BACKWARD", backward as u32 as f64)];
-        // Up to GEMV_MAX tokens (quant_linear.wgsl): one workgroup per output feature.
-        let gemv = !backward && m <= 4;
-        let groups = if gemv { grid_1d(nn) } else { (nn.div_ceil(64) as u32, m.div_ceil(64) as u32, 1) };
-        dispatch(
-            &self.ctx,
-            "quant_linear",
-            if gemv { "gemv" } else { "main" },
-            &ov,
-            &[Bind::R(a), Bind::R(q.b()), Bind::R(aux.b()), Bind::R(bias.unwrap_or(a)), Bind::W(out)],
-            &[
-                u(m),
-                u(nn),
-                u(k),
-                u(w.rows),
-                u(w.cols),
-                bias.is_some() as u32,
-                0,
-                params[0],
-                params[1],
-                params[2],
-                params[3],
-                offset.to_bits(),
-                groups.0,
-                u(a_off),
-                u(out_off),
-            ],
-            groups,
-        )
+        for (i, pc) in pieces.iter().enumerate() {
+            let (m, nn, k) = if backward { (n, w.cols, pc.rows) } else { (n, pc.rows, w.cols) };
+            if k == 0 || m == 0 || nn == 0 {
+                continue;
+            }
+            // forward: this piece's columns of C; backward: its slice of A's columns (the K sum).
+            let (c_off, a_off) = if backward { (out_off, a_off + pc.r0) } else { (out_off + pc.r0, a_off) };
+            let accumulate = backward && i > 0;
+            // Up to GEMV_MAX tokens (quant_linear.wgsl): one workgroup per output feature.
+            let gemv = !backward && m <= 4;
+            let groups = if gemv { grid_1d(nn) } else { (nn.div_ceil(64) as u32, m.div_ceil(64) as u32, 1) };
+            dispatch(
+                &self.ctx,
+                "quant_linear",
+                if gemv { "gemv" } else { "main" },
+                &ov,
+                &[Bind::R(a), Bind::R(pc.q.b()), Bind::R(pc.aux.b()), Bind::R(bias.unwrap_or(a)), Bind::W(out)],
+                &[
+                    u(m),
+                    u(nn),
+                    u(k),
+                    u(pc.rows),
+                    u(w.cols),
+                    bias.is_some() as u32,
+                    accumulate as u32,
+                    pc.params[0],
+                    pc.params[1],
+                    pc.params[2],
+                    pc.params[3],
+                    offset.to_bits(),
+                    groups.0,
+                    u(a_off),
+                    u(c_off),
+                    u(if backward { lda } else { w.cols }),
+                    u(ldc),
+                    u(if backward { 0 } else { pc.r0 }),
+                ],
+                groups,
+            )?;
+        }
+        Ok(())
     }
 
     /// Rows of a packed weight decoded to f32 (dequantize.wgsl): `ids` rows in that order, or all.
     fn decode_rows(&self, w: &WgpuQuant, ids: Option<&[u32]>) -> Result<WgpuStorage> {
-        let QuantRepr::Packed { q, aux, format, params, offset } = &w.repr else {
+        let QuantRepr::Packed { pieces, format, offset } = &w.repr else {
             return Err(Error::msg("decode_rows: weight is not packed"));
         };
-        let n_rows = ids.map_or(w.rows, |i| i.len());
-        let total = n_rows * w.cols;
-        let out = self.alloc("dequantize", total)?;
-        if total == 0 {
+        let n_out = ids.map_or(w.rows, |i| i.len());
+        let out = self.alloc("dequantize", n_out * w.cols)?;
+        if n_out * w.cols == 0 {
             return Ok(out);
         }
         let ids_buf = match ids {
             Some(i) => self.upload_words("dequantize", i)?,
             None => self.zeros(1)?,
         };
-        let groups = grid_1d(total.div_ceil(256));
-        dispatch(
-            &self.ctx,
-            "dequantize",
-            "main",
-            &[("FORMAT", *format as u32 as f64)],
-            &[Bind::R(ids_buf.b()), Bind::R(q.b()), Bind::R(aux.b()), Bind::W(out.b())],
-            &[
-                u(n_rows),
-                u(w.cols),
-                ids.is_some() as u32,
-                groups.0,
-                params[0],
-                params[1],
-                params[2],
-                params[3],
-                offset.to_bits(),
-            ],
-            groups,
-        )?;
+        for pc in pieces {
+            let n_rows = if ids.is_some() { n_out } else { pc.rows };
+            let total = n_rows * w.cols;
+            if total == 0 {
+                continue;
+            }
+            let groups = grid_1d(total.div_ceil(256));
+            dispatch(
+                &self.ctx,
+                "dequantize",
+                "main",
+                &[("FORMAT", *format as u32 as f64)],
+                &[Bind::R(ids_buf.b()), Bind::R(pc.q.b()), Bind::R(pc.aux.b()), Bind::W(out.b())],
+                &[
+                    u(n_rows),
+                    u(w.cols),
+                    ids.is_some() as u32,
+                    groups.0,
+                    pc.params[0],
+                    pc.params[1],
+                    pc.params[2],
+                    pc.params[3],
+                    offset.to_bits(),
+                    u(pc.r0),
+                    u(pc.rows),
+                ],
+                groups,
+            )?;
+        }
         Ok(out)
     }
 
@@ -260,7 +330,8 @@ impl WgpuBackend {
         if n == 0 {
             return Ok((CeStats { loss_sum: 0.0, count }, dh, dw));
         }
-        let chunk = (CE_SCRATCH_BYTES / (4 * v.max(1))).clamp(1, 256).min(n);
+        let scratch = CE_SCRATCH_BYTES.min(self.ctx.max_binding() as usize);
+        let chunk = (scratch / (4 * v.max(1))).clamp(1, 256).min(n);
         let logits = self.alloc(OP, chunk * v)?;
         let tb = self.upload_words(OP, bytemuck::cast_slice(targets))?;
         let loss = self.alloc(OP, n)?;
@@ -279,7 +350,7 @@ impl WgpuBackend {
                     rows * v,
                     false,
                 )?,
-                Head::Packed(w) => self.quant_matmul_into(logits.b(), 0, h.b(), r0 * c, w, None, rows, false)?,
+                Head::Packed(w) => self.quant_matmul_into(logits.b(), 0, v, h.b(), r0 * c, c, w, None, rows, false)?,
             }
             dispatch(
                 &self.ctx,
@@ -310,7 +381,9 @@ impl WgpuBackend {
                         rows * c,
                         false,
                     )?,
-                    Head::Packed(w) => self.quant_matmul_into(dh.b(), r0 * c, logits.b(), 0, w, None, rows, true)?,
+                    Head::Packed(w) => {
+                        self.quant_matmul_into(dh.b(), r0 * c, c, logits.b(), 0, v, w, None, rows, true)?
+                    }
                 }
             }
             if let Some(dw) = &dw {
@@ -564,28 +637,32 @@ impl Backend for WgpuBackend {
     fn upload_quant(&self, q: HostQuant) -> Result<WgpuQuant> {
         let (rows, cols) = (q.rows(), q.cols());
         let format = q.format_name();
+        let max = self.ctx.max_binding() as usize;
         let blocks = if packed_weights_enabled() { q.device_blocks() } else { None };
-        if let Some(b) = blocks {
-            let words = b.bytes.len().div_ceil(4).max(1);
-            let fits = (words as u64) * 4 <= self.ctx.max_binding()
-                && (b.aux.len().max(1) as u64) * 4 <= self.ctx.max_binding()
-                && rows.checked_mul(cols).is_some_and(|n| n <= u32::MAX as usize);
-            if fits {
-                let mut w = vec![0u32; words];
-                bytemuck::cast_slice_mut::<u32, u8>(&mut w)[..b.bytes.len()].copy_from_slice(&b.bytes);
-                let qs = self.upload_words("upload_quant", &w)?;
-                let aux = if b.aux.is_empty() { self.zeros(1)? } else { self.upload(&b.aux)? };
-                let repr = QuantRepr::Packed { q: qs, aux, format: b.format, params: b.params, offset: b.offset };
+        let small = rows.checked_mul(cols).is_some_and(|n| n <= u32::MAX as usize);
+        if let (Some(b), true) = (blocks, small) {
+            if let Some(pieces) = b.split_rows(rows, cols, max) {
+                let repr = self.upload_pieces(pieces, b.format, b.offset)?;
                 return Ok(WgpuQuant { repr, rows, cols, format });
             }
         }
-        // FALLBACK(cpu): no device decoder for this format (q2_k, q3_k, f32, ...) or packed data
-        // larger than one binding: rows decoded to f32 on the host.
+        // FALLBACK(cpu): no device decoder for this format (q2_k, q3_k, f32, ...): rows decoded to
+        // f32 on the host, then one dense buffer, or f32 row pieces when it exceeds a binding.
         let mut data = vec![0.0f32; rows * cols];
         for (r, row) in data.chunks_mut(cols.max(1)).enumerate().take(rows) {
             q.dequantize_row(r, row);
         }
-        Ok(WgpuQuant { repr: QuantRepr::Dense(self.upload(&data)?), rows, cols, format })
+        if ((rows * cols) as u64) * 4 <= max as u64 || !small {
+            return Ok(WgpuQuant { repr: QuantRepr::Dense(self.upload(&data)?), rows, cols, format });
+        }
+        let b = crate::quant::DeviceBlocks::from_f32(&data, cols)
+            .ok_or_else(|| bad("upload_quant", format!("{rows} x {cols} f32 weight is too large")))?;
+        drop(data);
+        let pieces = b.split_rows(rows, cols, max).ok_or_else(|| {
+            bad("upload_quant", format!("a row of {cols} f32 does not fit one storage binding ({max} bytes)"))
+        })?;
+        let repr = self.upload_pieces(pieces, b.format, b.offset)?;
+        Ok(WgpuQuant { repr, rows, cols, format })
     }
     fn quant_shape(&self, q: &WgpuQuant) -> (usize, usize) {
         (q.rows, q.cols)
