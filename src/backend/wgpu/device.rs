@@ -216,6 +216,20 @@ impl Ctx {
         g.get_or_insert_with(|| "Destroyed".into());
     }
 
+    /// An exact-size (not bucketed) buffer for `n` f32 or u32 of long-lived data (frozen weights).
+    pub fn alloc_exact(&self, op: &'static str, n: usize) -> Result<PooledBuffer> {
+        self.check_lost()?;
+        let bytes = (n as u64 * 4).max(4);
+        if bytes > self.max_binding() {
+            return Err(Error::OutOfMemory {
+                device: format!("{} (max storage binding; op {op})", self.info.name),
+                need: bytes,
+                available: self.max_binding(),
+            });
+        }
+        Ok(self.pool.get_exact(&self.device, bytes))
+    }
+
     /// A pooled buffer for `n` f32, with an error (not a wgpu panic) past the binding limit.
     pub fn alloc(&self, op: &'static str, n: usize) -> Result<PooledBuffer> {
         self.check_lost()?;

@@ -136,6 +136,13 @@ impl WgpuBackend {
         self.ctx.record(|enc| enc.clear_buffer(s.b(), 0, None));
     }
 
+    /// A long-lived upload (frozen weights) in an exact-size buffer (pool.rs `get_exact`).
+    fn upload_exact(&self, data: &[f32]) -> Result<WgpuStorage> {
+        let s = WgpuStorage { buf: Arc::new(self.ctx.alloc_exact("upload_quant", data.len())?), len: data.len() };
+        self.ctx.write(s.b(), 0, bytemuck::cast_slice(data));
+        Ok(s)
+    }
+
     fn upload_words(&self, op: &'static str, words: &[u32]) -> Result<WgpuStorage> {
         let s = self.alloc(op, words.len())?;
         self.ctx.write(s.b(), 0, bytemuck::cast_slice(words));
@@ -177,8 +184,8 @@ impl WgpuBackend {
         for (r0, rows, b) in pieces {
             let mut w = vec![0u32; b.bytes.len().div_ceil(4).max(1)];
             bytemuck::cast_slice_mut::<u32, u8>(&mut w)[..b.bytes.len()].copy_from_slice(&b.bytes);
-            let q = self.upload_words("upload_quant", &w)?;
-            let aux = if b.aux.is_empty() { self.zeros(1)? } else { self.upload(&b.aux)? };
+            let q = self.upload_exact(bytemuck::cast_slice(&w))?;
+            let aux = if b.aux.is_empty() { self.zeros(1)? } else { self.upload_exact(&b.aux)? };
             out.push(Piece { r0, rows, q, aux, params: b.params });
         }
         Ok(QuantRepr::Packed { pieces: out, format, offset })
@@ -653,7 +660,7 @@ impl Backend for WgpuBackend {
             q.dequantize_row(r, row);
         }
         if ((rows * cols) as u64) * 4 <= max as u64 || !small {
-            return Ok(WgpuQuant { repr: QuantRepr::Dense(self.upload(&data)?), rows, cols, format });
+            return Ok(WgpuQuant { repr: QuantRepr::Dense(self.upload_exact(&data)?), rows, cols, format });
         }
         let b = crate::quant::DeviceBlocks::from_f32(&data, cols)
             .ok_or_else(|| bad("upload_quant", format!("{rows} x {cols} f32 weight is too large")))?;

@@ -6,6 +6,8 @@
 //! least 256 bytes), so a pooled buffer is usually larger than the tensor it holds: kernels always
 //! take their lengths from their params, never from `arrayLength`.
 //!
+//! Frozen weights, which live for the whole run, take exact-size buffers instead (`get_exact`).
+//!
 //! Accounting: `current` counts the bucket bytes held by live storages (what the model uses);
 //! `peak` is its maximum. Idle pooled buffers are counted apart (`cached`).
 //!
@@ -74,7 +76,17 @@ impl Pool {
 
     /// A buffer of at least `bytes` (STORAGE | COPY_SRC | COPY_DST). Contents are undefined.
     pub fn get(self: &Arc<Self>, device: &wgpu::Device, bytes: u64) -> PooledBuffer {
-        let size = self.bucket(bytes);
+        self.get_sized(device, self.bucket(bytes))
+    }
+
+    /// A buffer of `bytes` rounded up to 256 only, for long-lived data (frozen weights): a
+    /// power-of-two bucket would cost up to twice the weight's size for the whole run (an NF4
+    /// matrix of 8 MiB codes + its absmax codes would take a 16 MiB bucket).
+    pub fn get_exact(self: &Arc<Self>, device: &wgpu::Device, bytes: u64) -> PooledBuffer {
+        self.get_sized(device, bytes.max(MIN_BUCKET).div_ceil(MIN_BUCKET) * MIN_BUCKET)
+    }
+
+    fn get_sized(self: &Arc<Self>, device: &wgpu::Device, size: u64) -> PooledBuffer {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let reused = g.free.get_mut(&size).and_then(|v| v.pop());
         if reused.is_some() {
