@@ -561,6 +561,39 @@ fn weights_larger_than_a_binding_are_split_in_row_pieces() {
     }
 }
 
+/// NF4 quantization on the device (nf4_quantize.wgsl, reciprocals and double quantization of the
+/// absmax on the host) gives exactly the host quantizer's codes: both weights decode to the same
+/// f32 values, compared bit for bit. Cases: odd element count (the pad nibble), a last partial
+/// block, an all-zero block, values on both sides of code boundaries, double quantization, and a
+/// training-shaped matrix; the quantized weight then multiplies like the host one.
+#[test]
+fn nf4_quantize_on_the_device_matches_the_host() {
+    use loraforge::quant::nf4::Nf4Matrix;
+    let g = gpu_or_skip!();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(41);
+    for (rows, cols, dq) in [(7usize, 33usize, false), (7, 33, true), (5, 64, false), (96, 130, true), (256, 512, true)]
+    {
+        let mut w = rand_f32(&mut rng, rows * cols, -2.0, 2.0);
+        if rows * cols >= 128 {
+            w[64..128].iter_mut().for_each(|v| *v = 0.0); // an all-zero block
+        }
+        let gq = g.quantize_nf4(&w, rows, cols, dq).unwrap();
+        assert!(gq.is_packed());
+        let host = Arc::new(Nf4Matrix::quantize(&w, rows, cols, 64, dq).unwrap());
+        let hq = g.upload_quant(host.clone()).unwrap();
+        assert_eq!(g.quant_format(&gq), g.quant_format(&hq));
+        let (a, b) = (down(g, &g.dequantize(&gq).unwrap()), down(g, &g.dequantize(&hq).unwrap()));
+        let differ = a.iter().zip(&b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+        assert_eq!(differ, 0, "{rows}x{cols} dq={dq}: {differ} decoded values differ from the host quantizer's");
+        let cq = c.quantize_nf4(&w, rows, cols, dq).unwrap();
+        let x = rand_f32(&mut rng, 3 * cols, -1.0, 1.0);
+        let got = down(g, &g.quant_linear(&up(g, &x), &gq, None, 3).unwrap());
+        let want = cdown(&c.quant_linear(&c.upload(&x).unwrap(), &cq, None, 3).unwrap());
+        assert_close(&got, &want, Tol { abs: 3e-4, rel: 1e-4 }, "nf4 device-quantized linear");
+    }
+}
+
 /// T = 67 spans a 64-wide block plus a partial one; D = 8 and 16; GQA 4/2 and MQA 3/1.
 /// exp and f32 dot products: out ~1e-6, lse ~1e-6, grads accumulate T terms: 1e-4.
 #[test]
@@ -636,7 +669,10 @@ fn adamw_and_grad_norm() {
 /// Pipelines compile once; the pool returns buffers and counts current/peak.
 #[test]
 fn pipeline_cache_and_pool() {
-    let g = gpu_or_skip!();
+    let _ = gpu_or_skip!();
+    // A device of its own: the shared one compiles other tests' kernels concurrently.
+    let own = WgpuBackend::new().unwrap();
+    let g = &own;
     let a = up(g, &[1.0; 1000]);
     let _ = g.scale(&a, 2.0).unwrap();
     g.sync().unwrap();

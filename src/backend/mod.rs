@@ -218,6 +218,15 @@ pub trait Backend: Clone + Send + Sync + 'static {
         need_dw: bool,
     ) -> Result<(CeStats, Option<Self::Storage>, Option<Self::Storage>)>;
 
+    /// A dense (rows, cols) f32 weight quantized to NF4 (bitsandbytes' layout, blocks of 64,
+    /// optional double quantization; src/quant/nf4.rs) and kept as a frozen weight. The default
+    /// quantizes on the host; a GPU backend may do the per-element work on the device, with the
+    /// same codes.
+    fn quantize_nf4(&self, dense: &[f32], rows: usize, cols: usize, double_quant: bool) -> Result<Self::QStorage> {
+        let m = crate::quant::nf4::Nf4Matrix::quantize(dense, rows, cols, 64, double_quant)?;
+        self.upload_quant(std::sync::Arc::new(m))
+    }
+
     /// `linear_cross_entropy` with a frozen (possibly quantized) head `w` (V, C): no dW. The
     /// default decodes the whole head to f32 first; a backend that can read the packed head in its
     /// kernels overrides it and never holds the (V, C) f32 matrix (1 GB at a 128k vocabulary).

@@ -205,6 +205,8 @@ pub enum FrozenStore {
     Dense,
     /// Through any `DequantRows` format built from the f32 values (QLoRA: NF4, GGUF blocks, ...).
     Quant(Box<dyn Fn(Vec<f32>, usize, usize) -> Result<crate::backend::HostQuant>>),
+    /// NF4 quantized by the backend (`Backend::quantize_nf4`: on the device for wgpu).
+    Nf4 { double_quant: bool },
 }
 
 impl<B: Backend> DecoderLayer<B> {
@@ -227,6 +229,9 @@ impl<B: Backend> DecoderLayer<B> {
             let w = match store {
                 FrozenStore::Dense => Weight::Dense(Tensor::from_slice(be, &w, [d_out, d_in])?),
                 FrozenStore::Quant(q) => Weight::Frozen(Arc::new(be.upload_quant(q(w, d_out, d_in)?)?)),
+                FrozenStore::Nf4 { double_quant } => {
+                    Weight::Frozen(Arc::new(be.quantize_nf4(&w, d_out, d_in, *double_quant)?))
+                }
             };
             // The Hugging Face module path, which adapters are named after.
             let module = if matches!(name, "gate_proj" | "up_proj" | "down_proj") { "mlp" } else { "self_attn" };

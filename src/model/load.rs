@@ -195,7 +195,22 @@ impl<B: Backend> Loader<'_, B> {
     /// A projection's weight: quantized first when the spec asks for it.
     fn upload_proj(&mut self, m: GgmlMatrix, name: &str) -> Option<Weight<B>> {
         let Some(q) = self.quantize else { return self.upload(m, name) };
-        match q.apply(m).and_then(|h| self.be.upload_quant(h)) {
+        use crate::quant::ggml::GgmlType;
+        let dense = matches!(m.ty(), GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+        let r = match q {
+            // NF4 through the backend (on the device for wgpu), from the f32 values.
+            BaseQuant::Nf4 { double_quant } if dense => {
+                let (rows, cols) = (m.rows(), m.cols());
+                let mut w = vec![0.0f32; rows * cols];
+                for (r, row) in w.chunks_mut(cols.max(1)).enumerate() {
+                    m.dequantize_row(r, row);
+                }
+                drop(m);
+                self.be.quantize_nf4(&w, rows, cols, double_quant)
+            }
+            _ => q.apply(m).and_then(|h| self.be.upload_quant(h)),
+        };
+        match r {
             Ok(q) => Some(Weight::Frozen(Arc::new(q))),
             Err(e) => {
                 self.problems.push(format!("{name}: {e}"));

@@ -75,6 +75,7 @@ pub fn random_model<B: Backend>(be: &B, cfg: &ModelConfig, spec: &AdapterSpec) -
     let mut rng = Rng::new(spec.seed);
     let store = match spec.quantize {
         None => FrozenStore::Dense,
+        Some(super::load::BaseQuant::Nf4 { double_quant }) => FrozenStore::Nf4 { double_quant },
         Some(q) => FrozenStore::Quant(Box::new(move |w: Vec<f32>, rows, cols| {
             q.apply(GgmlMatrix::quantize(GgmlType::F32, rows, cols, &w)?)
         })),

@@ -550,7 +550,7 @@ impl Nf4Matrix {
 
     /// bitsandbytes `quantize_blockwise(absmax - mean(absmax), blocksize=256)` with the dynamic
     /// map: per nested block, z = a / max|a| (f32 division, as csrc/common.cpp), nearest code.
-    fn double_quantize(absmax: &[f32]) -> Nf4Absmax {
+    pub fn double_quantize(absmax: &[f32]) -> Nf4Absmax {
         let offset = torch_mean_f32(absmax);
         let centred: Vec<f32> = absmax.iter().map(|&a| a - offset).collect();
         let mut q = Vec::with_capacity(centred.len());

@@ -671,6 +671,83 @@ impl Backend for WgpuBackend {
         let repr = self.upload_pieces(pieces, b.format, b.offset)?;
         Ok(WgpuQuant { repr, rows, cols, format })
     }
+    fn quantize_nf4(&self, dense: &[f32], rows: usize, cols: usize, double_quant: bool) -> Result<WgpuQuant> {
+        use crate::quant::nf4::{Nf4Absmax, Nf4Matrix, NF4_QUANT_MAP};
+        const BS: usize = 64;
+        let n = rows.checked_mul(cols).filter(|&n| n == dense.len() && n > 0 && n <= u32::MAX as usize);
+        let max = self.ctx.max_binding();
+        let host = |be: &Self| be.upload_quant(Arc::new(Nf4Matrix::quantize(dense, rows, cols, BS, double_quant)?));
+        // The host quantizer for what the kernels do not cover: sizes above one binding (row
+        // pieces are made from host blocks) and non-finite values (GPU NaN handling is loose).
+        let Some(n) = n else { return host(self) };
+        if (n as u64) * 4 > max || dense.iter().any(|v| !v.is_finite()) {
+            return host(self);
+        }
+        let n_blocks = n.div_ceil(BS);
+        let n_words = n.div_ceil(2).div_ceil(4);
+        let x = self.upload(dense)?;
+        let am = self.alloc("quantize_nf4", n_blocks)?;
+        let groups = grid_1d(n_blocks);
+        let params = [u(n), u(BS), u(n_words), groups.0];
+        dispatch(
+            &self.ctx,
+            "nf4_quantize",
+            "absmax",
+            &[],
+            &[Bind::R(x.b()), Bind::R(x.b()), Bind::W(am.b())],
+            &params,
+            groups,
+        )?;
+        let absmax = self.download(&am)?;
+        drop(am);
+        // Exact reciprocals on the host (see nf4_quantize.wgsl); 0 marks an all-zero block.
+        let mut tab = NF4_QUANT_MAP.to_vec();
+        tab.extend(absmax.iter().map(|&a| if a == 0.0 { 0.0 } else { 1.0 / a }));
+        let tab = self.upload(&tab)?;
+        let absq = if double_quant { Some(Nf4Matrix::double_quantize(&absmax)) } else { None };
+        let absq_words = match &absq {
+            Some(Nf4Absmax::Double { q, .. }) => q.len().div_ceil(4),
+            _ => 0,
+        };
+        let words = WgpuStorage {
+            buf: Arc::new(self.ctx.alloc_exact("quantize_nf4", n_words + absq_words)?),
+            len: n_words + absq_words,
+        };
+        let params = [u(n), u(BS), u(n_words), grid_1d(n_words.div_ceil(256)).0];
+        dispatch(
+            &self.ctx,
+            "nf4_quantize",
+            "codes",
+            &[],
+            &[Bind::R(x.b()), Bind::R(tab.b()), Bind::W(words.b())],
+            &params,
+            grid_1d(n_words.div_ceil(256)),
+        )?;
+        let (format, aux, p, offset) = match absq {
+            Some(Nf4Absmax::Double { q, code, nested_absmax, nested_blocksize, offset }) => {
+                // The absmax codes follow the packed codes, from a word boundary.
+                let mut b = q.clone();
+                b.resize(absq_words * 4, 0);
+                self.ctx.write(words.b(), (n_words * 4) as u64, &b);
+                let mut aux = NF4_QUANT_MAP.to_vec();
+                aux.extend_from_slice(&code);
+                aux.extend_from_slice(&nested_absmax);
+                (DeviceFormat::Nf4Double, aux, [u(BS), 0, u(n_words * 4), u(nested_blocksize)], offset)
+            }
+            _ => {
+                let mut aux = NF4_QUANT_MAP.to_vec();
+                aux.extend_from_slice(&absmax);
+                (DeviceFormat::Nf4, aux, [u(BS), 0, 0, 0], 0.0)
+            }
+        };
+        if (aux.len() as u64) * 4 > max {
+            return host(self);
+        }
+        let aux = self.upload_exact(&aux)?;
+        let name = if double_quant { "nf4_dq" } else { "nf4" };
+        let pieces = vec![Piece { r0: 0, rows, q: words, aux, params: p }];
+        Ok(WgpuQuant { repr: QuantRepr::Packed { pieces, format, offset }, rows, cols, format: name.into() })
+    }
     fn quant_shape(&self, q: &WgpuQuant) -> (usize, usize) {
         (q.rows, q.cols)
     }

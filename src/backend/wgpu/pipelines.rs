@@ -32,6 +32,7 @@ fn source(shader: &str) -> Option<&'static str> {
         "linear_cross_entropy" => include_str!("../../../shaders/linear_cross_entropy.wgsl"),
         "attention" => include_str!("../../../shaders/attention.wgsl"),
         "attention_backward" => include_str!("../../../shaders/attention_backward.wgsl"),
+        "nf4_quantize" => include_str!("../../../shaders/nf4_quantize.wgsl"),
         // The two shaders that read packed weights share the decoder, prepended (WGSL has no include).
         "quant_linear" => {
             concat!(
