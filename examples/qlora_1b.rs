@@ -22,6 +22,7 @@ use loraforge::model::presets::{preset_config, random_model};
 use loraforge::tokenizer::template::Message;
 use loraforge::train::args::{DeviceChoice, FinetuningType, TrainArgs};
 use loraforge::train::memory::peak_rss;
+use loraforge::train::progress::rate;
 use loraforge::train::trainer::{adapter_spec, model_cache_dir, synthetic_data, ModelParts, Trainer};
 use loraforge::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -257,14 +258,14 @@ fn random_init_on<B: Backend>(be: B, name: &str, out: &Path) -> Result<()> {
         let r = t.step()?;
         let dt = s.elapsed().as_secs_f64();
         times.push(dt);
-        println!("step {}: loss {:.4}  {dt:.2} s  {:.0} tokens/s", r.step, r.loss, tokens as f64 / dt);
+        println!("step {}: loss {:.4}  {dt:.2} s  {} tokens/s", r.step, r.loss, rate(tokens as f64 / dt));
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let med = times[times.len() / 2];
     let mem = loraforge::backend::Backend::memory(t.backend());
     println!(
-        "median {med:.2} s/step, {:.0} tokens/s; plan {:.2} GB, backend peak {:.2} GB, peak RSS {:.2} GB",
-        tokens as f64 / med,
+        "median {med:.2} s/step, {} tokens/s; plan {:.2} GB, backend peak {:.2} GB, peak RSS {:.2} GB",
+        rate(tokens as f64 / med),
         t.plan.total() as f64 / 1e9,
         mem.peak as f64 / 1e9,
         peak_rss() as f64 / 1e9

@@ -191,3 +191,15 @@ impl Drop for Progress {
         }
     }
 }
+
+/// A rate for display: whole numbers from 10 up, two significant digits below (a 1B model on a
+/// software device does 0.3 tokens/s, which `{:.0}` would show as 0).
+pub fn rate(x: f64) -> String {
+    if x >= 10.0 || x == 0.0 || !x.is_finite() {
+        format!("{x:.0}")
+    } else if x >= 1.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}

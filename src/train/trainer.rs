@@ -830,8 +830,13 @@ impl<B: Backend> Trainer<B> {
         }));
         if self.progress.is_none() {
             eprintln!(
-                "step {}/{}: loss {:.4} lr {:.3e} grad_norm {:.3} {:.0} tokens/s",
-                self.global_step, self.total_steps, loss, r.lr, grad, r.tokens_per_s
+                "step {}/{}: loss {:.4} lr {:.3e} grad_norm {:.3} {} tokens/s",
+                self.global_step,
+                self.total_steps,
+                loss,
+                r.lr,
+                grad,
+                crate::train::progress::rate(r.tokens_per_s)
             );
         }
         Ok(())
