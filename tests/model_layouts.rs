@@ -277,7 +277,9 @@ fn write_both(f: &Family, mode: Mode, seed: u64) -> (PathBuf, PathBuf) {
         }
         q8.push(None);
     }
-    let dir = temp_dir(&format!("{}-{mode:?}{}", f.arch, if f.llama3_rope().is_some() { "-llama3" } else { "" }));
+    // Unique per (family, mode, rope, seed): tests writing the same family run in parallel.
+    let rope = if f.llama3_rope().is_some() { "-llama3" } else { "" };
+    let dir = temp_dir(&format!("{}-{mode:?}{rope}-{seed}", f.arch));
 
     // ---- Hugging Face directory
     let mut cfg = json!({
