@@ -18,10 +18,6 @@ fn load_args(config: &Path, overrides: &[String]) -> Result<(TrainArgs, Vec<Stri
     Ok((args, notes))
 }
 
-fn device_kind(args: &TrainArgs) -> Result<DeviceKind> {
-    args.device_kind()
-}
-
 /// Bytes the device can give a run: `max_memory_gb` when set, else the machine's available RAM
 /// (CPU backend).
 pub fn device_budget(args: &TrainArgs) -> Option<u64> {
@@ -106,12 +102,12 @@ pub fn plan(config: &Path, overrides: &[String]) -> Result<()> {
 
 pub fn train(config: &Path, overrides: &[String]) -> Result<()> {
     let (args, notes) = load_args(config, overrides)?;
-    match device_kind(&args)? {
+    match args.device_kind()? {
         DeviceKind::Cpu | DeviceKind::Auto => run(CpuBackend::new(), args, notes),
         #[cfg(feature = "wgpu")]
         DeviceKind::Wgpu => run(crate::backend::wgpu::WgpuBackend::new()?, args, notes),
         other => Err(Error::msg(format!(
-            "device {other:?}: training on this backend is not available in this build yet; use device: cpu"
+            "device {other:?}: training on this backend is not available in this build; use device: cpu or wgpu"
         ))),
     }
 }

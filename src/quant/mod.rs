@@ -141,10 +141,10 @@ impl DeviceBlocks {
     /// indices. NF4 pieces start on block boundaries (and nested-block boundaries with double
     /// quantization). Returns (r0, n, piece) triples covering all rows in order, or None when a
     /// single allowed piece would already exceed `max_bytes`.
-    pub fn split_rows(&self, rows: usize, cols: usize, max_bytes: usize) -> Option<Vec<(usize, usize, DeviceBlocks)>> {
+    pub fn split_rows(self, rows: usize, cols: usize, max_bytes: usize) -> Option<Vec<(usize, usize, DeviceBlocks)>> {
         let fits = |b: &DeviceBlocks| b.bytes.len() <= max_bytes && b.aux.len() * 4 <= max_bytes;
-        if fits(self) {
-            return Some(vec![(0, rows, self.clone())]);
+        if fits(&self) {
+            return Some(vec![(0, rows, self)]);
         }
         fn gcd(a: usize, b: usize) -> usize {
             if b == 0 {
@@ -181,8 +181,15 @@ impl DeviceBlocks {
         out.iter().all(|(_, _, b)| fits(b)).then_some(out)
     }
 
+    /// Rows [r0, r1) as blocks of their own (only those rows' bytes and side table are copied).
     fn rows_piece(&self, r0: usize, r1: usize, cols: usize) -> Option<DeviceBlocks> {
-        let mut p = self.clone();
+        let mut p = DeviceBlocks {
+            format: self.format,
+            bytes: Vec::new(),
+            aux: Vec::new(),
+            params: self.params,
+            offset: self.offset,
+        };
         match self.format {
             DeviceFormat::Nf4 | DeviceFormat::Nf4Double => {
                 let bs = self.params[0] as usize;

@@ -218,20 +218,18 @@ impl Ctx {
 
     /// An exact-size (not bucketed) buffer for `n` f32 or u32 of long-lived data (frozen weights).
     pub fn alloc_exact(&self, op: &'static str, n: usize) -> Result<PooledBuffer> {
-        self.check_lost()?;
-        let bytes = (n as u64 * 4).max(4);
-        if bytes > self.max_binding() {
-            return Err(Error::OutOfMemory {
-                device: format!("{} (max storage binding; op {op})", self.info.name),
-                need: bytes,
-                available: self.max_binding(),
-            });
-        }
+        let bytes = self.check_alloc(op, n)?;
         Ok(self.pool.get_exact(&self.device, bytes))
     }
 
     /// A pooled buffer for `n` f32, with an error (not a wgpu panic) past the binding limit.
     pub fn alloc(&self, op: &'static str, n: usize) -> Result<PooledBuffer> {
+        let bytes = self.check_alloc(op, n)?;
+        Ok(self.pool.get(&self.device, bytes))
+    }
+
+    /// The bytes of `n` 4-byte elements, or an error when the device is lost or they exceed one binding.
+    fn check_alloc(&self, op: &'static str, n: usize) -> Result<u64> {
         self.check_lost()?;
         let bytes = (n as u64 * 4).max(4);
         if bytes > self.max_binding() {
@@ -241,7 +239,7 @@ impl Ctx {
                 available: self.max_binding(),
             });
         }
-        Ok(self.pool.get(&self.device, bytes))
+        Ok(bytes)
     }
 
     /// Runs `f` on the pending encoder (created if needed); submits when enough passes gathered.

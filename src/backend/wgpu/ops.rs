@@ -136,10 +136,25 @@ impl WgpuBackend {
         self.ctx.record(|enc| enc.clear_buffer(s.b(), 0, None));
     }
 
-    /// A long-lived upload (frozen weights) in an exact-size buffer (pool.rs `get_exact`).
-    fn upload_exact(&self, data: &[f32]) -> Result<WgpuStorage> {
-        let s = WgpuStorage { buf: Arc::new(self.ctx.alloc_exact("upload_quant", data.len())?), len: data.len() };
-        self.ctx.write(s.b(), 0, bytemuck::cast_slice(data));
+    /// A product with no terms (K = 0): out (rows, n) = bias in every row, or 0.
+    fn fill_bias(&self, out: &WgpuStorage, bias: Option<&WgpuStorage>, rows: usize, n: usize) -> Result<()> {
+        self.clear(out);
+        if let (Some(bias), true) = (bias, rows * n > 0) {
+            let ones = self.upload(&vec![1.0; rows * n])?;
+            self.ew("mul_rows", ones.b(), bias.b(), out.b(), rows * n, n, 0.0, rows)?;
+        }
+        Ok(())
+    }
+
+    /// An exact-size buffer of `n` elements for long-lived data (frozen weights; pool.rs `get_exact`).
+    fn alloc_exact(&self, op: &'static str, n: usize) -> Result<WgpuStorage> {
+        Ok(WgpuStorage { buf: Arc::new(self.ctx.alloc_exact(op, n)?), len: n })
+    }
+
+    /// A long-lived upload of `bytes` (zero-padded to whole words) in an exact-size buffer.
+    fn upload_exact(&self, bytes: &[u8]) -> Result<WgpuStorage> {
+        let s = self.alloc_exact("upload_quant", bytes.len().div_ceil(4).max(1))?;
+        self.ctx.write(s.b(), 0, bytes);
         Ok(s)
     }
 
@@ -162,11 +177,7 @@ impl WgpuBackend {
         let (m, nn, k) = if backward { (n, w.cols, w.rows) } else { (n, w.rows, w.cols) };
         let out = self.alloc("quant_linear", m * nn)?;
         if k == 0 || m == 0 || nn == 0 {
-            self.clear(&out);
-            if let (Some(b), false) = (bias, m * nn == 0) {
-                let ones = self.upload(&vec![1.0; m * nn])?;
-                self.ew("mul_rows", ones.b(), b.b(), out.b(), m * nn, nn, 0.0, m)?;
-            }
+            self.fill_bias(&out, bias, m, nn)?;
             return Ok(out);
         }
         let (ldc, lda) = if backward { (w.cols, w.rows) } else { (w.rows, w.cols) };
@@ -174,18 +185,16 @@ impl WgpuBackend {
         Ok(out)
     }
 
-    fn upload_pieces(
-        &self,
-        pieces: Vec<(usize, usize, crate::quant::DeviceBlocks)>,
-        format: DeviceFormat,
-        offset: f32,
-    ) -> Result<QuantRepr> {
+    /// Uploads the row pieces of one weight (all of the same format, from `split_rows`).
+    fn upload_pieces(&self, pieces: Vec<(usize, usize, crate::quant::DeviceBlocks)>) -> Result<QuantRepr> {
+        let (format, offset) = match pieces.first() {
+            Some((_, _, b)) => (b.format, b.offset),
+            None => return Err(Error::msg("upload_quant: a weight with no row pieces")),
+        };
         let mut out = Vec::with_capacity(pieces.len());
         for (r0, rows, b) in pieces {
-            let mut w = vec![0u32; b.bytes.len().div_ceil(4).max(1)];
-            bytemuck::cast_slice_mut::<u32, u8>(&mut w)[..b.bytes.len()].copy_from_slice(&b.bytes);
-            let q = self.upload_exact(bytemuck::cast_slice(&w))?;
-            let aux = if b.aux.is_empty() { self.zeros(1)? } else { self.upload_exact(&b.aux)? };
+            let q = self.upload_exact(&b.bytes)?;
+            let aux = if b.aux.is_empty() { self.zeros(1)? } else { self.upload_exact(bytemuck::cast_slice(&b.aux))? };
             out.push(Piece { r0, rows, q, aux, params: b.params });
         }
         Ok(QuantRepr::Packed { pieces: out, format, offset })
@@ -649,7 +658,7 @@ impl Backend for WgpuBackend {
         let small = rows.checked_mul(cols).is_some_and(|n| n <= u32::MAX as usize);
         if let (Some(b), true) = (blocks, small) {
             if let Some(pieces) = b.split_rows(rows, cols, max) {
-                let repr = self.upload_pieces(pieces, b.format, b.offset)?;
+                let repr = self.upload_pieces(pieces)?;
                 return Ok(WgpuQuant { repr, rows, cols, format });
             }
         }
@@ -660,7 +669,8 @@ impl Backend for WgpuBackend {
             q.dequantize_row(r, row);
         }
         if ((rows * cols) as u64) * 4 <= max as u64 || !small {
-            return Ok(WgpuQuant { repr: QuantRepr::Dense(self.upload_exact(&data)?), rows, cols, format });
+            let dense = self.upload_exact(bytemuck::cast_slice(&data))?;
+            return Ok(WgpuQuant { repr: QuantRepr::Dense(dense), rows, cols, format });
         }
         let b = crate::quant::DeviceBlocks::from_f32(&data, cols)
             .ok_or_else(|| bad("upload_quant", format!("{rows} x {cols} f32 weight is too large")))?;
@@ -668,7 +678,7 @@ impl Backend for WgpuBackend {
         let pieces = b.split_rows(rows, cols, max).ok_or_else(|| {
             bad("upload_quant", format!("a row of {cols} f32 does not fit one storage binding ({max} bytes)"))
         })?;
-        let repr = self.upload_pieces(pieces, b.format, b.offset)?;
+        let repr = self.upload_pieces(pieces)?;
         Ok(WgpuQuant { repr, rows, cols, format })
     }
     fn quantize_nf4(&self, dense: &[f32], rows: usize, cols: usize, double_quant: bool) -> Result<WgpuQuant> {
@@ -743,7 +753,7 @@ impl Backend for WgpuBackend {
         if (aux.len() as u64) * 4 > max {
             return host(self);
         }
-        let aux = self.upload_exact(&aux)?;
+        let aux = self.upload_exact(bytemuck::cast_slice(&aux))?;
         let name = if double_quant { "nf4_dq" } else { "nf4" };
         let pieces = vec![Piece { r0: 0, rows, q: words, aux, params: p }];
         Ok(WgpuQuant { repr: QuantRepr::Packed { pieces, format, offset }, rows, cols, format: name.into() })
@@ -825,13 +835,7 @@ impl Backend for WgpuBackend {
         }
         let out = self.alloc("matmul", d.batch * d.m * d.n)?;
         if d.k == 0 {
-            // No products: out = bias (or 0).
-            self.clear(&out);
-            if let Some(bias) = bias {
-                let rows = d.batch * d.m;
-                let ones = self.upload(&vec![1.0; rows * d.n])?;
-                self.ew("mul_rows", ones.b(), bias.b(), out.b(), rows * d.n, d.n.max(1), 0.0, rows)?;
-            }
+            self.fill_bias(&out, bias, d.batch * d.m, d.n)?;
             return Ok(out);
         }
         self.matmul_into(out.b(), a.b(), b.b(), bias.map(|b| b.b()), d, (0, 0, 0), d.m * d.n, false)?;
