@@ -19,8 +19,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> loss:    array<f32>;  // (N)
 @group(0) @binding(3) var<uniform>             p:       Params;
 
-const WG: u32 = 256u;
-var<workgroup> red: array<f32, 256>;
+const WG: u32 = 256u;  // row max and sum: workgroup_reduce*.wgsl's wg_max / wg_sum (prepended)
 
 fn capped(z: f32) -> f32 {
     if (p.softcap > 0.0) { return p.softcap * tanh(clamp(z / p.softcap, -15.0, 15.0)); }
@@ -28,8 +27,8 @@ fn capped(z: f32) -> f32 {
 }
 
 @compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, inv: Inv) {
+    let lid = inv.lid;
     let row = wid.y * nwg.x + wid.x;
     if (row >= p.rows) { return; }
     let base = row * p.v;
@@ -41,23 +40,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     var mx = -3.4e38;
     for (var j = lid; j < p.v; j += WG) { mx = max(mx, capped(logits[base + j])); }
-    red[lid] = mx;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
-        workgroupBarrier();
-    }
-    let m = red[0];
-    workgroupBarrier();
+    let m = wg_max(mx, inv);
     var acc = 0.0;
     for (var j = lid; j < p.v; j += WG) { acc += exp(capped(logits[base + j]) - m); }
-    red[lid] = acc;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) { red[lid] += red[lid + s]; }
-        workgroupBarrier();
-    }
-    let lse = m + log(red[0]);
+    let lse = m + log(wg_sum(acc, inv));
     let zt = capped(logits[base + u32(t)]);
     workgroupBarrier();  // every thread has read logits[t] before it is overwritten
     if (lid == 0u) { loss[p.row_off + row] = lse - zt; }

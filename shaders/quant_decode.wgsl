@@ -49,7 +49,14 @@ fn round_dtype(v: f32, mode: u32) -> f32 {
         return bitcast<f32>((b + 0x7fffu + ((b >> 16u) & 1u)) & 0xffff0000u);
     }
     if (mode == 2u) {
-        return unpack2x16float(pack2x16float(vec2<f32>(v, 0.0))).x;
+        // Integer rounding, not unpack2x16float(pack2x16float(v)): Mesa 25's lavapipe folds that
+        // pair to the identity (found by tests/wgpu_ops.rs), and other compilers may too.
+        let a = abs(v);
+        if (a != a) { return v; }  // NaN
+        if (a >= 65520.0) { return bitcast<f32>((bitcast<u32>(v) & 0x80000000u) | 0x7f800000u); }  // ±inf
+        if (a < 6.103515625e-5) { return round(v * 16777216.0) / 16777216.0; }  // subnormal: k 2^-24, ties even
+        let b = bitcast<u32>(v);  // normal: keep 10 of the 23 mantissa bits, ties to even
+        return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
     }
     return v;
 }

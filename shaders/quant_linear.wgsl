@@ -98,13 +98,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }
 
 const GEMV_MAX: u32 = 4u;
-const GEMV_WG: u32 = 256u;
-var<workgroup> red: array<vec4<f32>, 256>;  // [thread] partial sums of the (up to) 4 tokens
+const GEMV_WG: u32 = 256u;  // the 4 token sums: workgroup_reduce*.wgsl's wg_sum4 (prepended)
 
 @compute @workgroup_size(256)
-fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn gemv(@builtin(workgroup_id) wid: vec3<u32>, inv: Inv) {
     let j = wid.y * p.nwg_x + wid.x;  // output feature (row of W); uniform per workgroup
-    let t = lid.x;
+    let t = inv.lid;
     var acc = vec4<f32>(0.0);
     if (j < p.n) {
         for (var k = t; k < p.k; k += GEMV_WG) {
@@ -114,14 +113,9 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             }
         }
     }
-    red[t] = acc;
-    workgroupBarrier();
-    for (var s = GEMV_WG / 2u; s > 0u; s >>= 1u) {
-        if (t < s) { red[t] += red[t + s]; }
-        workgroupBarrier();
-    }
+    let total = wg_sum4(acc, inv);
     if (t < p.m && j < p.n) {
-        var v = red[0][t];
+        var v = total[t];
         if (p.has_bias != 0u) { v += bias[p.bias_off + j]; }
         let o = p.c_off + t * p.ldc + j;
         if (p.accumulate != 0u) { c[o] = c[o] + v; } else { c[o] = v; }

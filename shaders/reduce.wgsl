@@ -15,11 +15,11 @@ struct Params {
 
 const WG: u32 = 256u;
 const CHUNK: u32 = 4096u;  // elements per workgroup: 16 per thread
-var<workgroup> part: array<f32, 256>;
+// (the workgroup sum is workgroup_reduce*.wgsl's wg_sum, prepended)
 
 @compute @workgroup_size(256)
-fn sum_sq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-          @builtin(local_invocation_index) lid: u32) {
+fn sum_sq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, inv: Inv) {
+    let lid = inv.lid;
     let g = wid.y * nwg.x + wid.x;
     let base = g * CHUNK;
     var acc = 0.0;
@@ -27,13 +27,8 @@ fn sum_sq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         let i = base + e * WG + lid;
         if (i < p.n) { let v = x[i]; acc += v * v; }
     }
-    part[lid] = acc;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) { part[lid] += part[lid + s]; }
-        workgroupBarrier();
-    }
-    if (lid == 0u && base < p.n) { out[p.out_off + g] = part[0]; }
+    let total = wg_sum(acc, inv);
+    if (lid == 0u && base < p.n) { out[p.out_off + g] = total; }
 }
 
 // out[j] = sum_r x[r, j], one thread per column.

@@ -13,24 +13,17 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> rstd: array<f32>;  // (rows)
 @group(0) @binding(4) var<uniform>             p:    Params;
 
-const WG: u32 = 256u;
-var<workgroup> part: array<f32, 256>;
+const WG: u32 = 256u;  // the row reduction is workgroup_reduce*.wgsl's wg_sum (prepended)
 
 @compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, inv: Inv) {
+    let lid = inv.lid;
     let row = wid.y * nwg.x + wid.x;
     if (row >= p.rows) { return; }  // uniform per workgroup, so the barriers below stay uniform
     let base = row * p.c;
     var acc = 0.0;
     for (var i = lid; i < p.c; i += WG) { let v = x[base + i]; acc += v * v; }
-    part[lid] = acc;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) { part[lid] += part[lid + s]; }
-        workgroupBarrier();
-    }
-    let r = 1.0 / sqrt(part[0] / f32(p.c) + p.eps);
+    let r = 1.0 / sqrt(wg_sum(acc, inv) / f32(p.c) + p.eps);
     if (lid == 0u) { rstd[row] = r; }
     for (var i = lid; i < p.c; i += WG) {
         var wi = w[i];

@@ -16,8 +16,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> dst:  array<f32>;  // dx (rows, C) or dw (C)
 @group(0) @binding(5) var<uniform>             p:    Params;
 
-const WG: u32 = 256u;
-var<workgroup> part: array<f32, 256>;
+const WG: u32 = 256u;  // dx's row reduction is workgroup_reduce*.wgsl's wg_sum (prepended)
 
 fn wprime(i: u32) -> f32 {
     if (p.add_one != 0u) { return 1.0 + w[i]; }
@@ -25,21 +24,16 @@ fn wprime(i: u32) -> f32 {
 }
 
 @compute @workgroup_size(256)
-fn dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-      @builtin(local_invocation_index) lid: u32) {
+fn dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, inv: Inv) {
+    let lid = inv.lid;
     let row = wid.y * nwg.x + wid.x;
     if (row >= p.rows) { return; }
     let base = row * p.c;
     var acc = 0.0;
     for (var i = lid; i < p.c; i += WG) { acc += dout[base + i] * wprime(i) * x[base + i]; }
-    part[lid] = acc;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) { part[lid] += part[lid + s]; }
-        workgroupBarrier();
-    }
+    let total = wg_sum(acc, inv);
     let s = rstd[row];
-    let k = s * s * s * part[0] / f32(p.c);
+    let k = s * s * s * total / f32(p.c);
     for (var i = lid; i < p.c; i += WG) {
         dst[base + i] = s * dout[base + i] * wprime(i) - k * x[base + i];
     }

@@ -11,7 +11,7 @@ use common::*;
 use loraforge::backend::cpu::attention::AttnParams;
 use loraforge::backend::cpu::matmul::{matmul_forward, MatmulDims};
 use loraforge::backend::cpu::rope::{RopeConfig, RopeLayout, RopeScaling};
-use loraforge::backend::wgpu::WgpuBackend;
+use loraforge::backend::wgpu::{WgpuBackend, WgpuOptions};
 use loraforge::backend::{AdamWParams, Backend, CpuBackend};
 use loraforge::quant::F32Matrix;
 use loraforge::rng::Rng;
@@ -28,6 +28,38 @@ fn gpu() -> Option<&'static WgpuBackend> {
         }
     })
     .as_ref()
+}
+
+/// The default device and, when it uses subgroup operations, a second one opened without them (the
+/// build an adapter without SUBGROUP gets): the tests of the reducing kernels (norms, cross-entropy,
+/// gemv, grad norm) run on both.
+fn gpus() -> Vec<&'static WgpuBackend> {
+    static PLAIN: OnceLock<Option<WgpuBackend>> = OnceLock::new();
+    let Some(g) = gpu() else { return Vec::new() };
+    let mut v = vec![g];
+    if g.uses_subgroups() {
+        let plain = PLAIN.get_or_init(|| {
+            let p = WgpuBackend::with_options(WgpuOptions { subgroups: false, ..Default::default() }).unwrap();
+            assert!(!p.uses_subgroups());
+            Some(p)
+        });
+        v.extend(plain.as_ref());
+    }
+    v
+}
+
+macro_rules! gpus_or_skip {
+    () => {{
+        let v = gpus();
+        if v.is_empty() {
+            println!("SKIP: no wgpu adapter (set LORAFORGE_ALLOW_SOFTWARE_ADAPTER=1)");
+            return;
+        }
+        for g in &v {
+            println!("on {} (subgroups: {})", g.adapter_name(), g.uses_subgroups());
+        }
+        v
+    }};
 }
 
 macro_rules! gpu_or_skip {
@@ -162,27 +194,35 @@ fn matmul_backward_all_transposes() {
 /// The frozen-weight path: quant_linear / its input gradient / dequantize / embedding_quant.
 #[test]
 fn quant_linear_dense_weight() {
-    let g = gpu_or_skip!();
+    for g in gpus_or_skip!() {
+        check_quant_linear_dense_weight(g);
+    }
+}
+
+/// n = 1 and 3 take the gemv entry (a workgroup reduction per output feature), n = 5 the tiles.
+fn check_quant_linear_dense_weight(g: &WgpuBackend) {
     let c = CpuBackend::new();
     let mut rng = Rng::new(4);
-    let (n, d_out, d_in) = (5, 67, 33);
+    let (d_out, d_in) = (67, 300);
     let w = rand_f32(&mut rng, d_out * d_in, -1.0, 1.0);
     let q: loraforge::backend::HostQuant = Arc::new(F32Matrix { data: w.clone(), rows: d_out, cols: d_in });
     let (gq, cq) = (g.upload_quant(q.clone()).unwrap(), c.upload_quant(q).unwrap());
     assert_eq!(g.quant_shape(&gq), (d_out, d_in));
     assert_close(&down(g, &g.dequantize(&gq).unwrap()), &w, Tol::EXACT, "dequantize");
-    let x = rand_f32(&mut rng, n * d_in, -1.0, 1.0);
-    let dy = rand_f32(&mut rng, n * d_out, -1.0, 1.0);
-    let got = down(g, &g.quant_linear(&up(g, &x), &gq, None, n).unwrap());
-    assert_close(
-        &got,
-        &cdown(&c.quant_linear(&c.upload(&x).unwrap(), &cq, None, n).unwrap()),
-        MATMUL_TOL,
-        "quant_linear",
-    );
-    let got = down(g, &g.quant_linear_backward(&up(g, &dy), &gq, n).unwrap());
-    let want = cdown(&c.quant_linear_backward(&c.upload(&dy).unwrap(), &cq, n).unwrap());
-    assert_close(&got, &want, MATMUL_TOL, "quant_linear_backward");
+    for n in [1, 3, 5] {
+        let x = rand_f32(&mut rng, n * d_in, -1.0, 1.0);
+        let dy = rand_f32(&mut rng, n * d_out, -1.0, 1.0);
+        let got = down(g, &g.quant_linear(&up(g, &x), &gq, None, n).unwrap());
+        assert_close(
+            &got,
+            &cdown(&c.quant_linear(&c.upload(&x).unwrap(), &cq, None, n).unwrap()),
+            MATMUL_TOL,
+            &format!("quant_linear n={n}"),
+        );
+        let got = down(g, &g.quant_linear_backward(&up(g, &dy), &gq, n).unwrap());
+        let want = cdown(&c.quant_linear_backward(&c.upload(&dy).unwrap(), &cq, n).unwrap());
+        assert_close(&got, &want, MATMUL_TOL, &format!("quant_linear_backward n={n}"));
+    }
     let ids = [3u32, 0, 66, 3];
     assert_close(
         &down(g, &g.embedding_quant(&ids, &gq).unwrap()),
@@ -279,7 +319,12 @@ fn quant_formats_fused_decode_matches_cpu() {
 /// f32 tree sum of C squares vs f64: relative error ~ log2(C) eps; rstd and out to ~1e-6 relative.
 #[test]
 fn rms_norm_forward_backward() {
-    let g = gpu_or_skip!();
+    for g in gpus_or_skip!() {
+        check_rms_norm(g);
+    }
+}
+
+fn check_rms_norm(g: &WgpuBackend) {
     let c = CpuBackend::new();
     let mut rng = Rng::new(5);
     for &(rows, cols) in &[(1usize, 1usize), (3, 255), (2, 257), (7, 1000)] {
@@ -422,7 +467,12 @@ fn embedding_forward_backward() {
 /// Gradients: two f32 matmuls over V (or N) terms, as MATMUL_TOL.
 #[test]
 fn linear_cross_entropy_forward_backward() {
-    let g = gpu_or_skip!();
+    for g in gpus_or_skip!() {
+        check_linear_cross_entropy(g);
+    }
+}
+
+fn check_linear_cross_entropy(g: &WgpuBackend) {
     let c = CpuBackend::new();
     let mut rng = Rng::new(10);
     for &(n, cc, v, cap) in &[(1usize, 1usize, 2usize, None), (5, 7, 300, Some(3.0f32)), (300, 8, 37, None)] {
@@ -637,7 +687,12 @@ fn attention_forward_backward() {
 /// The GPU update is f32, the spec's f64 rounded once: a few ulp of param, m, v.
 #[test]
 fn adamw_and_grad_norm() {
-    let g = gpu_or_skip!();
+    for g in gpus_or_skip!() {
+        check_adamw_and_grad_norm(g);
+    }
+}
+
+fn check_adamw_and_grad_norm(g: &WgpuBackend) {
     let c = CpuBackend::new();
     let mut rng = Rng::new(12);
     let n = 1031;

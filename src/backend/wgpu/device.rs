@@ -18,6 +18,27 @@ use wgpu::util::DeviceExt;
 
 /// Env variable that allows software adapters.
 pub const ALLOW_SOFTWARE_ENV: &str = "LORAFORGE_ALLOW_SOFTWARE_ADAPTER";
+/// `LORAFORGE_WGPU_SUBGROUPS=0` builds every shader without subgroup operations even on an adapter
+/// that has them (a workaround for a driver whose subgroup support misbehaves).
+pub const SUBGROUPS_ENV: &str = "LORAFORGE_WGPU_SUBGROUPS";
+
+/// How to open the device. `Default`: the adapter's own limits, subgroup operations when the
+/// adapter has them (unless `LORAFORGE_WGPU_SUBGROUPS=0`).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Cap storage bindings at this many bytes (below the adapter's limit): behaves like a smaller
+    /// device, so the split paths run on small shapes in tests.
+    pub binding_cap: Option<u64>,
+    /// Use subgroup operations if the adapter has SUBGROUP; `false` opens the device without the
+    /// feature, as on an adapter that lacks it.
+    pub subgroups: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { binding_cap: None, subgroups: std::env::var(SUBGROUPS_ENV).map(|v| v != "0").unwrap_or(true) }
+    }
+}
 /// Passes recorded before the encoder is submitted (bounds the host-side command memory and
 /// lets the GPU start early; small enough to keep latency low).
 const MAX_PENDING: usize = 64;
@@ -97,12 +118,22 @@ pub fn describe_adapters() -> Vec<String> {
             if f.contains(wgpu::Features::TIMESTAMP_QUERY) {
                 feats.push("TIMESTAMP_QUERY");
             }
+            let coop = if f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+                let c: Vec<String> = a
+                    .cooperative_matrix_properties()
+                    .iter()
+                    .map(|p| format!("{}x{}x{} {:?}->{:?}", p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type))
+                    .collect();
+                format!(" cooperative_matrix [{}]", c.join(", "))
+            } else {
+                String::new()
+            };
             let usable = match rank(&i, software_allowed()) {
                 Some(_) => "",
                 None => " [software: set LORAFORGE_ALLOW_SOFTWARE_ADAPTER=1 to use]",
             };
             format!(
-                "{} ({:?}, {:?}, driver {} {}) features [{}] max_storage_binding {} MiB, max_buffer {} MiB, \
+                "{} ({:?}, {:?}, driver {} {}) features [{}]{} max_storage_binding {} MiB, max_buffer {} MiB, \
                  max_workgroup_invocations {}, max_workgroup_storage {} KiB{}",
                 i.name,
                 i.backend,
@@ -110,6 +141,7 @@ pub fn describe_adapters() -> Vec<String> {
                 i.driver,
                 i.driver_info,
                 feats.join(", "),
+                coop,
                 l.max_storage_buffer_binding_size >> 20,
                 l.max_buffer_size >> 20,
                 l.max_compute_invocations_per_workgroup,
@@ -123,12 +155,11 @@ pub fn describe_adapters() -> Vec<String> {
 impl Ctx {
     /// Picks the best usable adapter and opens a device on it.
     pub fn new() -> Result<Arc<Ctx>> {
-        Self::open(None)
+        Self::open(Options::default())
     }
 
-    /// `new`, with storage bindings capped at `binding_cap` bytes (below the adapter's limit):
-    /// emulates a smaller device, so the split paths run on small shapes in tests.
-    pub fn open(binding_cap: Option<u64>) -> Result<Arc<Ctx>> {
+    /// Opens the best usable adapter with `opts`.
+    pub fn open(opts: Options) -> Result<Arc<Ctx>> {
         let allow = software_allowed();
         let mut cands: Vec<(u32, wgpu::Adapter)> =
             adapters().into_iter().filter_map(|a| rank(&a.get_info(), allow).map(|r| (r, a))).collect();
@@ -140,7 +171,11 @@ impl Ctx {
             )));
         };
         let info = adapter.get_info();
-        let features = adapter.features() & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
+        let mut wanted = wgpu::Features::SHADER_F16;
+        if opts.subgroups {
+            wanted |= wgpu::Features::SUBGROUP;
+        }
+        let features = adapter.features() & wanted;
         // Ask for the adapter's own limits: the defaults cap storage bindings at 128 MiB and
         // workgroup storage at 16 KiB, less than most GPUs have.
         let limits = adapter.limits();
@@ -177,7 +212,7 @@ impl Ctx {
         Ok(Arc::new(Ctx {
             dummy,
             pool: Pool::new(max_buffer),
-            pipelines: Pipelines::default(),
+            pipelines: Pipelines::new(features.contains(wgpu::Features::SUBGROUP)),
             device,
             queue,
             info,
@@ -186,7 +221,7 @@ impl Ctx {
             pending: Mutex::new(Pending::default()),
             error,
             lost,
-            binding_cap,
+            binding_cap: opts.binding_cap,
         }))
     }
 

@@ -8,14 +8,17 @@
 //! - pipelines.rs: `KernelKey` pipeline cache and the dispatch helper.
 //! - ops.rs:       `impl Backend for WgpuBackend`: shape checks, then one or a few launches per op.
 //!
-//! Activations are f32. Frozen quantized weights are decoded to f32 on upload (see `WgpuQuant`).
+//! Activations are f32. Frozen quantized weights stay packed on the device and are decoded in the
+//! kernels that read them (quant_decode.wgsl; see `WgpuQuant`). Row reductions use subgroup
+//! operations where the adapter has SUBGROUP (workgroup_reduce_subgroup.wgsl), workgroup memory
+//! otherwise (workgroup_reduce.wgsl).
 
 mod device;
 mod ops;
 mod pipelines;
 mod pool;
 
-pub use device::{describe_adapters, ALLOW_SOFTWARE_ENV};
+pub use device::{describe_adapters, Options as WgpuOptions, ALLOW_SOFTWARE_ENV, SUBGROUPS_ENV};
 pub use ops::{WgpuQuant, WgpuStorage};
 
 use crate::error::Result;
@@ -43,7 +46,17 @@ impl WgpuBackend {
     /// `max_storage_buffer_binding_size` is that small (frozen weights above it are split in row
     /// pieces, other buffers above it are refused). For tests of the split paths on small shapes.
     pub fn with_binding_limit(bytes: u64) -> Result<Self> {
-        Ok(WgpuBackend { ctx: device::Ctx::open(Some(bytes))? })
+        Self::with_options(WgpuOptions { binding_cap: Some(bytes), ..Default::default() })
+    }
+
+    /// Opens the best usable adapter with explicit options (binding cap, subgroups on/off).
+    pub fn with_options(opts: WgpuOptions) -> Result<Self> {
+        Ok(WgpuBackend { ctx: device::Ctx::open(opts)? })
+    }
+
+    /// Do the reducing kernels (norms, cross-entropy, gemv, grad norm) use subgroup operations?
+    pub fn uses_subgroups(&self) -> bool {
+        self.ctx.pipelines.subgroups
     }
 
     /// The adapter in use, as `describe_adapters` prints it (name, backend, type).

@@ -14,38 +14,50 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
-/// The WGSL source of a shader file in shaders/.
-fn source(shader: &str) -> Option<&'static str> {
+/// `shaders/<file>` as a string literal.
+macro_rules! wgsl {
+    ($f:literal) => {
+        include_str!(concat!("../../../shaders/", $f))
+    };
+}
+
+/// The two builds of a shader that reduces across a workgroup: `workgroup_reduce_subgroup.wgsl`
+/// (subgroup builtins) or `workgroup_reduce.wgsl` (workgroup memory) prepended, then the
+/// shader's own prelude(s) and file. WGSL has no include and a module that names a subgroup
+/// builtin does not compile on a device without SUBGROUP, so the choice is made here.
+macro_rules! reducing {
+    ($subgroups:expr, $($f:literal),+) => {
+        if $subgroups {
+            concat!(wgsl!("workgroup_reduce_subgroup.wgsl"), $(wgsl!($f)),+)
+        } else {
+            concat!(wgsl!("workgroup_reduce.wgsl"), $(wgsl!($f)),+)
+        }
+    };
+}
+
+/// The WGSL source of a shader file in shaders/, for a device with (`subgroups`) or without
+/// subgroup operations.
+fn source(shader: &str, subgroups: bool) -> Option<&'static str> {
     Some(match shader {
-        "elementwise" => include_str!("../../../shaders/elementwise.wgsl"),
-        "matmul" => include_str!("../../../shaders/matmul.wgsl"),
-        "reduce" => include_str!("../../../shaders/reduce.wgsl"),
-        "rms_norm" => include_str!("../../../shaders/rms_norm.wgsl"),
-        "rms_norm_backward" => include_str!("../../../shaders/rms_norm_backward.wgsl"),
-        "glu" => include_str!("../../../shaders/glu.wgsl"),
-        "glu_backward" => include_str!("../../../shaders/glu_backward.wgsl"),
-        "rope" => include_str!("../../../shaders/rope.wgsl"),
-        "embedding" => include_str!("../../../shaders/embedding.wgsl"),
-        "embedding_backward" => include_str!("../../../shaders/embedding_backward.wgsl"),
-        "adamw" => include_str!("../../../shaders/adamw.wgsl"),
-        "dropout" => include_str!("../../../shaders/dropout.wgsl"),
-        "linear_cross_entropy" => include_str!("../../../shaders/linear_cross_entropy.wgsl"),
-        "attention" => include_str!("../../../shaders/attention.wgsl"),
-        "attention_backward" => include_str!("../../../shaders/attention_backward.wgsl"),
-        "nf4_quantize" => include_str!("../../../shaders/nf4_quantize.wgsl"),
-        // The two shaders that read packed weights share the decoder, prepended (WGSL has no include).
-        "quant_linear" => {
-            concat!(
-                include_str!("../../../shaders/quant_decode.wgsl"),
-                include_str!("../../../shaders/quant_linear.wgsl")
-            )
-        }
-        "dequantize" => {
-            concat!(
-                include_str!("../../../shaders/quant_decode.wgsl"),
-                include_str!("../../../shaders/dequantize.wgsl")
-            )
-        }
+        "elementwise" => wgsl!("elementwise.wgsl"),
+        "matmul" => wgsl!("matmul.wgsl"),
+        "reduce" => reducing!(subgroups, "reduce.wgsl"),
+        "rms_norm" => reducing!(subgroups, "rms_norm.wgsl"),
+        "rms_norm_backward" => reducing!(subgroups, "rms_norm_backward.wgsl"),
+        "glu" => wgsl!("glu.wgsl"),
+        "glu_backward" => wgsl!("glu_backward.wgsl"),
+        "rope" => wgsl!("rope.wgsl"),
+        "embedding" => wgsl!("embedding.wgsl"),
+        "embedding_backward" => wgsl!("embedding_backward.wgsl"),
+        "adamw" => wgsl!("adamw.wgsl"),
+        "dropout" => wgsl!("dropout.wgsl"),
+        "linear_cross_entropy" => reducing!(subgroups, "linear_cross_entropy.wgsl"),
+        "attention" => wgsl!("attention.wgsl"),
+        "attention_backward" => wgsl!("attention_backward.wgsl"),
+        "nf4_quantize" => wgsl!("nf4_quantize.wgsl"),
+        // The two shaders that read packed weights share the decoder, prepended.
+        "quant_linear" => reducing!(subgroups, "quant_decode.wgsl", "quant_linear.wgsl"),
+        "dequantize" => concat!(wgsl!("quant_decode.wgsl"), wgsl!("dequantize.wgsl")),
         _ => return None,
     })
 }
@@ -79,11 +91,18 @@ struct Compiled {
 
 #[derive(Default)]
 pub struct Pipelines {
+    /// Build the reducing shaders with subgroup builtins (the device has SUBGROUP and they were
+    /// not turned off).
+    pub subgroups: bool,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     cache: Mutex<HashMap<KernelKey, Arc<Compiled>>>,
 }
 
 impl Pipelines {
+    pub fn new(subgroups: bool) -> Self {
+        Pipelines { subgroups, ..Default::default() }
+    }
+
     /// Number of distinct pipelines compiled so far.
     pub fn len(&self) -> usize {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -93,7 +112,8 @@ impl Pipelines {
         if let Some(m) = self.modules.lock().unwrap_or_else(|e| e.into_inner()).get(shader) {
             return Ok(m.clone());
         }
-        let src = source(shader).ok_or_else(|| Error::msg(format!("wgpu: unknown shader `{shader}`")))?;
+        let src =
+            source(shader, self.subgroups).ok_or_else(|| Error::msg(format!("wgpu: unknown shader `{shader}`")))?;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(shader),
