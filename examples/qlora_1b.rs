@@ -139,7 +139,45 @@ fn score<B: Backend>(t: &Trainer<B>, n: usize) -> Result<(f64, Samples)> {
     Ok((ok as f64 / items.len().min(n).max(1) as f64, samples))
 }
 
+/// The options this example takes (each followed by a value).
+const OPTIONS: &[&str] =
+    &["--model", "--random-init", "--steps", "--rank", "--lr", "--batch", "--seq", "--eval-n", "--out", "--device"];
+
+/// `--help` prints the usage (this file's header); an unknown option or one without a value is an
+/// error naming the nearest known one (a typo must not start a run that ignores it).
+fn check_args() -> Result<bool> {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    if a.iter().any(|x| x == "--help" || x == "-h") {
+        let header = include_str!("qlora_1b.rs").lines().take_while(|l| l.starts_with("//!"));
+        let usage: Vec<&str> = header.map(|l| l.strip_prefix("//! ").unwrap_or(&l[3..])).collect();
+        println!("{}", usage.join("\n"));
+        return Ok(false);
+    }
+    let mut i = 0;
+    while i < a.len() {
+        let o = a[i].as_str();
+        if !OPTIONS.contains(&o) {
+            let hint =
+                loraforge::error::nearest(o, OPTIONS).map(|n| format!(" (did you mean {n}?)")).unwrap_or_default();
+            return Err(Error::msg(format!("unknown argument `{o}`{hint}; --help lists the options")));
+        }
+        if i + 1 >= a.len() {
+            return Err(Error::msg(format!("{o} needs a value")));
+        }
+        i += 2;
+    }
+    Ok(true)
+}
+
 fn main() {
+    match check_args() {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
     if let Err(e) = run() {
         eprintln!("error: {e}");
         std::process::exit(1);

@@ -89,3 +89,32 @@ impl<T, E: Into<Error>> Context<T> for std::result::Result<T, E> {
         self.map_err(|e| Error::Context { context: f().into(), source: Box::new(e.into()) })
     }
 }
+
+/// For "did you mean" suggestions (config keys, dataset names, LoRA targets, template names,
+/// command-line options): the known name closest to `name` by edit distance, if it is close enough
+/// to be a likely typo
+/// (distance at most max(2, len/3): catches `identiy`, `alpaca_en` for `alpaca_en_demo` does not).
+pub fn nearest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    let best = known.iter().map(|k| (levenshtein(name, k), *k)).min()?;
+    let limit = (name.chars().count() / 3).max(2);
+    // Also suggest a name that contains the query or is contained in it (a prefix typed short).
+    if best.0 <= limit {
+        return Some(best.1);
+    }
+    known.iter().find(|k| k.contains(name) || name.contains(**k)).copied()
+}
+
+/// Levenshtein distance (insert/delete/substitute = 1).
+pub fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for j in 0..b.len() {
+            let sub = prev[j] + usize::from(ca != b[j]);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

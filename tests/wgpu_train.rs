@@ -148,3 +148,51 @@ fn device_lost_mid_run_keeps_last_checkpoint() {
     assert!((r.loss - gpu_losses[2]).abs() <= 1e-4 * r.loss.abs(), "{} vs {}", r.loss, gpu_losses[2]);
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// The memory plan (what `loraforge plan` prints and the out-of-memory check before training uses)
+/// against the backend's own peak (the wgpu pool's accounting; the CPU counts its f32 buffers)
+/// over two QLoRA steps. It must not under-predict, and must not over-predict wildly: on wgpu it
+/// used to count NF4 weights at 16 bits, a quantized head as decoded to f32 (wgpu reads it packed),
+/// and the loss scratch on top of the backward's, 3.2x the measured peak on the Llama-3.2-1B shape.
+#[test]
+fn memory_plan_bounds_the_measured_peak() {
+    let (plan, peak) = plan_and_peak(CpuBackend::new(), "cpu");
+    // The CPU does not count its frozen weights (host memory, not buffers), which the plan does.
+    assert!(plan >= peak, "cpu: the plan under-predicts: {plan} < {peak}");
+    let Some(gpu) = gpu() else { return };
+    let (plan, peak) = plan_and_peak(gpu, "wgpu");
+    assert!(plan >= peak, "wgpu: the plan under-predicts: {plan} < {peak}");
+    assert!(plan as f64 <= 1.6 * peak as f64, "wgpu: the plan over-predicts: {plan} vs {peak}");
+}
+
+fn plan_and_peak<B: Backend>(be: B, tag: &str) -> (u64, u64) {
+    let out = std::env::temp_dir().join(format!("loraforge-plan-{tag}-{}", std::process::id()));
+    let v = serde_json::json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
+        "intermediate_size": 768, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 512,
+        "tie_word_embeddings": true, "vocab_size": 8192});
+    let cfg = ModelConfig::from_hf_json(&v).unwrap();
+    let mut a = TrainArgs::default();
+    a.model_name_or_path = "random-init:plan".into();
+    a.quantization_bit = Some(4);
+    a.lora_rank = 16;
+    a.cutoff_len = 256;
+    a.per_device_train_batch_size = 1;
+    a.max_steps = Some(2);
+    a.dataset = vec!["synthetic".into()];
+    a.save_strategy = SaveStrategy::No;
+    a.logging_steps = 100;
+    a.output_dir = out.display().to_string();
+    a.overwrite_output_dir = true;
+    let spec = adapter_spec(&a).unwrap();
+    let model = random_model(&be, &cfg, &spec).unwrap();
+    let data = synthetic_data(cfg.vocab_size, 2, 256, 3);
+    let parts = ModelParts { model, cfg, chat: None, base: "random-init:plan".into(), base_fingerprint: None };
+    let mut t = Trainer::from_parts(be.clone(), a, Vec::new(), parts, Some(data)).unwrap();
+    t.step().unwrap();
+    t.step().unwrap();
+    let (plan, peak) = (t.plan.total(), be.memory().peak);
+    println!("{tag}: plan {plan} B ({:?}), measured peak {peak} B, ratio {:.2}", t.plan, plan as f64 / peak as f64);
+    let _ = std::fs::remove_dir_all(&out);
+    (plan, peak)
+}

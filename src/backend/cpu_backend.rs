@@ -107,6 +107,9 @@ impl Backend for CpuBackend {
     fn quant_format(&self, q: &CpuQuant) -> String {
         q.q.format_name()
     }
+    fn quant_bytes(&self, q: &CpuQuant) -> u64 {
+        q.q.storage_bytes() as u64
+    }
     fn dequantize(&self, q: &CpuQuant) -> Result<CpuStorage> {
         let (rows, cols) = (q.q.rows(), q.q.cols());
         let mut out = vec![0.0f32; rows * cols];

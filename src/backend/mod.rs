@@ -64,6 +64,14 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn upload_quant(&self, q: HostQuant) -> Result<Self::QStorage>;
     fn quant_shape(&self, q: &Self::QStorage) -> (usize, usize);
     fn quant_format(&self, q: &Self::QStorage) -> String;
+    /// Bytes the frozen weight occupies on this backend: its packed blocks and side tables, or f32
+    /// where it was decoded at upload. What the memory plan counts.
+    fn quant_bytes(&self, q: &Self::QStorage) -> u64;
+    /// Does `linear_cross_entropy_frozen` read a packed head in place? When it does not, a run
+    /// holds the head decoded to f32 (V × C × 4 bytes) during the loss, and the plan counts it.
+    fn reads_packed_head(&self) -> bool {
+        false
+    }
     /// The whole frozen weight decoded to f32, (rows, cols).
     fn dequantize(&self, q: &Self::QStorage) -> Result<Self::Storage>;
     /// Waits for all queued work.

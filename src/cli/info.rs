@@ -154,13 +154,16 @@ pub fn model(path: &Path, seq: usize, rank: usize, device: DeviceKind) -> Result
     );
     let all = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
     let lora = LoraShape { rank, targets: all.iter().map(|s| s.to_string()).collect(), dora: false };
-    let p = plan_lora_training(&cfg, weight_bytes, &lora, 1, seq, true, head_quantized);
+    // wgpu reads a quantized head packed in the loss kernel; the CPU decodes it to f32 (V × C).
+    let head_decoded = head_quantized && !matches!(device, DeviceKind::Wgpu);
+    let p = plan_lora_training(&cfg, weight_bytes, &lora, 1, seq, true, head_decoded);
     println!(
-        "LoRA train    {} = weights {} + adapters/grads/AdamW {} + activations {} + loss {} (r={rank} on all 7 projections, batch 1 × {seq}, checkpointing)",
+        "LoRA train    {} = weights {} + adapters/grads/AdamW {} + activations {} + the larger of backward {} and loss {} (r={rank} on all 7 projections, batch 1 × {seq}, checkpointing)",
         human_bytes(p.total()),
         human_bytes(p.weights),
         human_bytes(p.adapters + p.gradients + p.optimizer),
         human_bytes(p.activations),
+        human_bytes(p.backward),
         human_bytes(p.loss)
     );
     Ok(())

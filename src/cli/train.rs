@@ -37,11 +37,13 @@ pub fn format_plan(p: &MemoryPlan, budget: Option<u64>) -> String {
         ("adapters / trainable", p.adapters),
         ("gradients", p.gradients),
         ("optimizer (AdamW)", p.optimizer),
-        ("activations", p.activations),
-        ("loss (logit chunks)", p.loss),
+        ("activations (saved)", p.activations),
+        ("backward (one layer)*", p.backward),
+        ("loss (logit chunk)*", p.loss),
     ] {
         s += &format!("  {k:<22} {:>10}\n", human_bytes(v));
     }
+    s += "  * not held at the same time: the total counts the larger\n";
     s += &format!("  {:<22} {:>10}\n", "total", human_bytes(p.total()));
     if let Some(b) = budget {
         s += &format!("  {:<22} {:>10}\n", "available", human_bytes(b));
@@ -55,7 +57,7 @@ fn advice(args: &TrainArgs, p: &MemoryPlan) -> String {
     if args.disable_gradient_checkpointing {
         v.push("enable gradient checkpointing (remove disable_gradient_checkpointing)".to_string());
     }
-    if p.activations > p.weights / 2 {
+    if p.activations + p.backward > p.weights / 2 {
         if args.per_device_train_batch_size > 1 {
             v.push(format!(
                 "per_device_train_batch_size: {} with gradient_accumulation_steps: {} (same effective batch)",

@@ -475,7 +475,8 @@ impl ChatTemplate {
     pub fn builtin(name: &str) -> Result<ChatTemplate> {
         let Some(b) = BUILTINS.iter().find(|b| b.name == name) else {
             let names = builtin_names();
-            let nearest = names.iter().min_by_key(|n| levenshtein(&name.to_lowercase(), n)).copied().unwrap_or("");
+            let nearest =
+                names.iter().min_by_key(|n| crate::error::levenshtein(&name.to_lowercase(), n)).copied().unwrap_or("");
             return Err(Error::InvalidArgument {
                 op: "chat template",
                 msg: format!(
@@ -588,20 +589,6 @@ fn builtin_source(b: &Builtin) -> String {
         let _ = writeln!(s, "{{%- if add_generation_prompt -%}}{{{{- {} -}}}}{{%- endif -%}}", slot_expr(b.gen, "''"));
     }
     s
-}
-
-/// Edit distance, for suggesting the nearest built-in name.
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, &cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 // ---- engine helpers

@@ -860,34 +860,17 @@ fn parse_yaml(text: &str) -> Result<Value> {
     }
 }
 
-/// Levenshtein distance (insert/delete/substitute = 1), for "did you mean" suggestions.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, &cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 fn unknown_key(key: &str) -> Error {
-    let candidates = FIELD_KEYS
+    let candidates: Vec<&str> = FIELD_KEYS
         .iter()
         .copied()
         .chain(IGNORED.iter().map(|(k, _)| *k))
         .chain(UNSUPPORTED.iter().copied())
-        .chain(std::iter::once("evaluation_strategy"));
-    let best = candidates.map(|c| (edit_distance(key, c), c)).min();
-    match best {
-        // Within a third of the key's length (at least 2 edits): close enough to be a typo, not a different word.
-        Some((d, c)) if d <= (key.chars().count() / 3).max(2) => {
-            Error::msg(format!("unknown key `{key}`: did you mean `{c}`?"))
-        }
-        _ => Error::msg(format!("unknown key `{key}` (the accepted keys are listed in examples/*.yaml)")),
+        .chain(std::iter::once("evaluation_strategy"))
+        .collect();
+    match crate::error::nearest(key, &candidates) {
+        Some(c) => Error::msg(format!("unknown key `{key}`: did you mean `{c}`?")),
+        None => Error::msg(format!("unknown key `{key}` (the accepted keys are listed in examples/*.yaml)")),
     }
 }
 

@@ -10,10 +10,16 @@
 //!   two norm outputs and rstd, q/k/v before and after RoPE, the attention output and lse, the
 //!   residual, gate/up/activation (3·F), plus per LoRA target its input dropout copy and A·x:
 //!   ≈ N · (6C + 3·(H·D) + 4·(KV·D) + 3F) floats. With checkpointing only the layer inputs
-//!   (N·C per layer) stay, and one layer's activations exist at a time during backward;
-//! - gradients in flight: about 4 · N · max(C, F) floats during a layer's backward;
-//! - the fused loss: a chunk of 256 tokens' logits and their gradient, 2 · 256 · V floats, and
-//!   the dequantized LM head when it is stored quantized (V · C floats).
+//!   (N·C per layer) stay (`activations`), and one layer's activations exist at a time during
+//!   backward (`backward`, with the gradients in flight: about 4 · N · max(C, F) floats);
+//! - the fused loss (`loss`): one chunk of 256 tokens' logits, turned into their gradient in
+//!   place, 256 · (V + 2C) floats, plus dh (N · C), and the LM head decoded to f32 (V · C floats)
+//!   when it is stored quantized and the backend cannot read it packed (the CPU decodes it; wgpu
+//!   reads the packed head in its kernel).
+//!
+//! The loss runs before the backward through the layers and frees its scratch first, so the total
+//! counts the larger of `loss` and `backward`, not both: checked against the wgpu pool's measured
+//! peak in tests/wgpu_train.rs (`memory_plan_bounds_the_measured_peak`).
 
 use crate::model::ModelConfig;
 
@@ -24,7 +30,12 @@ pub struct MemoryPlan {
     pub adapters: u64,
     pub gradients: u64,
     pub optimizer: u64,
+    /// Activations held through the step (the layer inputs with checkpointing, all of them without).
     pub activations: u64,
+    /// One layer's recomputed activations and the gradients in flight during backward (0 without
+    /// checkpointing: counted in `activations`). Never held together with `loss`'s scratch.
+    pub backward: u64,
+    /// The fused cross-entropy's scratch (a chunk of logits, dh, a decoded head if any).
     pub loss: u64,
     /// KV cache for inference (per `run` estimate).
     pub kv_cache: u64,
@@ -32,7 +43,13 @@ pub struct MemoryPlan {
 
 impl MemoryPlan {
     pub fn total(&self) -> u64 {
-        self.weights + self.adapters + self.gradients + self.optimizer + self.activations + self.loss + self.kv_cache
+        self.weights
+            + self.adapters
+            + self.gradients
+            + self.optimizer
+            + self.activations
+            + self.backward.max(self.loss)
+            + self.kv_cache
     }
 }
 
@@ -87,7 +104,7 @@ pub fn plan_lora_training(
     batch: usize,
     seq: usize,
     checkpoint: bool,
-    head_quantized: bool,
+    head_decoded: bool,
 ) -> MemoryPlan {
     let n = (batch * seq) as u64;
     let (c, f, l, v) =
@@ -96,15 +113,17 @@ pub fn plan_lora_training(
     let p = lora_params(cfg, lora);
     let targets = lora.targets.len() as u64;
     let per_layer = n * (6 * c + 3 * q + 4 * kv + 3 * f + targets * (c.max(f) + lora.rank as u64));
-    let activations = if checkpoint { l * n * c + per_layer } else { l * per_layer };
     let in_flight = 4 * n * c.max(f);
-    let loss = 2 * 256.min(n) * v + if head_quantized { v * c } else { 0 } + n * c;
+    let (activations, backward) =
+        if checkpoint { (l * n * c, per_layer + in_flight) } else { (l * per_layer, in_flight) };
+    let loss = 256.min(n) * (v + 2 * c) + if head_decoded { v * c } else { 0 } + n * c;
     MemoryPlan {
         weights: weight_bytes,
         adapters: 4 * p,
-        gradients: 4 * p + 4 * in_flight,
+        gradients: 4 * p,
         optimizer: 8 * p,
         activations: 4 * activations,
+        backward: 4 * backward,
         loss: 4 * loss,
         kv_cache: 0,
     }

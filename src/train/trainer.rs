@@ -1225,10 +1225,7 @@ pub fn plan_memory<B: Backend>(model: &mut Transformer<B>, cfg: &ModelConfig, ar
     let trainable = model.trainable_scalars()? as u64;
     for (_, slot) in model.base_slots_mut()? {
         weight_bytes += match slot {
-            crate::model::trainable::Slot::Weight(crate::ops::Weight::Frozen(q)) => {
-                let (r, c) = be.quant_shape(q);
-                quant_bytes(&be.quant_format(q), r * c)
-            }
+            crate::model::trainable::Slot::Weight(crate::ops::Weight::Frozen(q)) => be.quant_bytes(q),
             crate::model::trainable::Slot::Weight(crate::ops::Weight::Dense(t)) => 4 * t.elem_count() as u64,
             crate::model::trainable::Slot::Tensor(t) => 4 * t.elem_count() as u64,
         };
@@ -1238,7 +1235,9 @@ pub fn plan_memory<B: Backend>(model: &mut Transformer<B>, cfg: &ModelConfig, ar
         targets: if args.finetuning_type == FinetuningType::Lora { lora_targets(args)? } else { Vec::new() },
         dora: args.use_dora,
     };
-    let head_quantized = !matches!(model.lm_head.as_ref().unwrap_or(&model.embed), crate::ops::Weight::Dense(_));
+    // A frozen head the backend cannot read packed is decoded to f32 for the loss.
+    let head_decoded = !matches!(model.lm_head.as_ref().unwrap_or(&model.embed), crate::ops::Weight::Dense(_))
+        && !be.reads_packed_head();
     let mut p = crate::train::memory::plan_lora_training(
         cfg,
         weight_bytes,
@@ -1246,7 +1245,7 @@ pub fn plan_memory<B: Backend>(model: &mut Transformer<B>, cfg: &ModelConfig, ar
         args.per_device_train_batch_size,
         args.cutoff_len,
         !args.disable_gradient_checkpointing,
-        head_quantized,
+        head_decoded,
     );
     // Trainable base tensors (freeze/full): their gradients and moments.
     let lora_scalars = crate::train::memory::lora_params(cfg, &lora);
@@ -1254,26 +1253,4 @@ pub fn plan_memory<B: Backend>(model: &mut Transformer<B>, cfg: &ModelConfig, ar
     p.gradients += 4 * dense_trainable;
     p.optimizer += 8 * dense_trainable;
     Ok(p)
-}
-
-/// Bytes of a (rows·cols) matrix in a stored format, from its name.
-fn quant_bytes(format: &str, n: usize) -> u64 {
-    let bits_per_weight = match format.to_ascii_lowercase().as_str() {
-        "f32" => 32.0,
-        "f16" | "bf16" => 16.0,
-        "q8_0" => 8.5,
-        "int8" => 8.0 + 32.0 / 1024.0,
-        "q4_0" => 4.5,
-        "q4_1" => 5.0,
-        "q5_0" => 5.5,
-        "q5_1" => 6.0,
-        "q2_k" => 2.625,
-        "q3_k" => 3.4375,
-        "q4_k" => 4.5,
-        "q5_k" => 5.5,
-        "q6_k" => 6.5625,
-        "nf4" => 4.0 + 32.0 / 64.0,
-        _ => 16.0,
-    };
-    (n as f64 * bits_per_weight / 8.0).ceil() as u64
 }

@@ -764,6 +764,15 @@ impl Backend for WgpuBackend {
     fn quant_format(&self, q: &WgpuQuant) -> String {
         q.format.clone()
     }
+    fn quant_bytes(&self, q: &WgpuQuant) -> u64 {
+        match &q.repr {
+            QuantRepr::Dense(w) => w.b().size(),
+            QuantRepr::Packed { pieces, .. } => pieces.iter().map(|p| p.q.b().size() + p.aux.b().size()).sum(),
+        }
+    }
+    fn reads_packed_head(&self) -> bool {
+        true
+    }
     fn dequantize(&self, q: &WgpuQuant) -> Result<WgpuStorage> {
         match &q.repr {
             QuantRepr::Dense(w) => {
