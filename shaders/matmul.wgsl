@@ -7,6 +7,11 @@
 // registers. K advances 16 at a time through two workgroup tiles stored as vec4 (4 rows of A /
 // 4 columns of B per word), so the inner loop is 2 vec4 loads + 16 FMAs per k. The global loads are
 // arranged so consecutive threads read consecutive addresses for either transpose.
+// Entry `main_vec4`: the same tiles with 16-byte global loads (one vec4 per thread per tile instead
+// of four scalars), for operands whose rows are 16-byte aligned: the launcher picks it when every
+// offset and stride is a multiple of 4 elements, K % 4 == 0 and the contiguous dimension of each
+// operand (K, or M / N when transposed) is a multiple of 4 (then a vec4 is wholly in or out of
+// range). `a4` / `b4` alias `a` / `b` (same bindings, only this entry uses them).
 // Contract easy to miss: `accumulate` = 1 makes C += result (backward into an existing gradient).
 override TRANS_A: bool = false;  // A stored (K, M) instead of (M, K)
 override TRANS_B: bool = false;  // B stored (N, K) instead of (K, N)
@@ -27,6 +32,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read>       bias: array<f32>;  // (N) when has_bias
 @group(0) @binding(3) var<storage, read_write> c:    array<f32>;  // (batch, M, N)
 @group(0) @binding(4) var<uniform>             p:    Params;
+@group(0) @binding(0) var<storage, read>       a4:   array<vec4<f32>>;  // a, for main_vec4
+@group(0) @binding(1) var<storage, read>       b4:   array<vec4<f32>>;  // b, for main_vec4
 
 const BM: u32 = 64u;
 const BN: u32 = 64u;
@@ -66,16 +73,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             Bs[kk * 16u + nn / 4u][nn % 4u] = w;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            let av = As[kk * 16u + lid.y];
-            let bv = Bs[kk * 16u + lid.x];
-            acc[0] += av.x * bv;
-            acc[1] += av.y * bv;
-            acc[2] += av.z * bv;
-            acc[3] += av.w * bv;
-        }
+        tile_fma(lid, &acc);
         workgroupBarrier();
     }
+    store_tile(wid, lid, acc);
+}
+
+// acc += the As · Bs product of this thread's 4x4 block.
+fn tile_fma(lid: vec3<u32>, acc: ptr<function, array<vec4<f32>, 4>>) {
+    for (var kk = 0u; kk < BK; kk++) {
+        let av = As[kk * 16u + lid.y];
+        let bv = Bs[kk * 16u + lid.x];
+        (*acc)[0] += av.x * bv;
+        (*acc)[1] += av.y * bv;
+        (*acc)[2] += av.z * bv;
+        (*acc)[3] += av.w * bv;
+    }
+}
+
+fn store_tile(wid: vec3<u32>, lid: vec3<u32>, acc: array<vec4<f32>, 4>) {
+    let row0 = wid.y * BM;
+    let col0 = wid.x * BN;
     let c0 = p.c_off + wid.z * p.c_bs;
     for (var i = 0u; i < 4u; i++) {
         let gr = row0 + lid.y * 4u + i;
@@ -89,4 +107,51 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             if (p.accumulate != 0u) { c[o] = c[o] + v; } else { c[o] = v; }
         }
     }
+}
+
+@compute @workgroup_size(16, 16)
+fn main_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = wid.y * BM;
+    let col0 = wid.x * BN;
+    let tid = lid.y * 16u + lid.x;  // each thread loads one vec4 of each 16x64 tile
+    let a0 = p.a_off + wid.z * p.a_bs;  // multiples of 4 (the launcher checks)
+    let b0 = p.b_off + wid.z * p.b_bs;
+    var acc: array<vec4<f32>, 4>;
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        let z = vec4<f32>(0.0);
+        if (TRANS_A) {  // (K, M): 4 consecutive m of row k; thread -> (k = tid / 16, m4 = tid % 16)
+            let kk = tid / 16u;
+            let m4 = tid % 16u;
+            let gk = k0 + kk;
+            var v = z;
+            if (gk < p.k && row0 + 4u * m4 < p.m) { v = a4[(a0 + gk * p.m + row0 + 4u * m4) / 4u]; }
+            As[kk * 16u + m4] = v;
+        } else {  // (M, K): 4 consecutive k of row m; thread -> (m = tid / 4, k4 = tid % 4)
+            let mm = tid / 4u;
+            let k4 = tid % 4u;
+            let gm = row0 + mm;
+            var v = z;
+            if (gm < p.m && k0 + 4u * k4 < p.k) { v = a4[(a0 + gm * p.k + k0 + 4u * k4) / 4u]; }
+            for (var j = 0u; j < 4u; j++) { As[(4u * k4 + j) * 16u + mm / 4u][mm % 4u] = v[j]; }
+        }
+        if (TRANS_B) {  // (N, K): 4 consecutive k of row n
+            let nn = tid / 4u;
+            let k4 = tid % 4u;
+            let gn = col0 + nn;
+            var w = z;
+            if (gn < p.n && k0 + 4u * k4 < p.k) { w = b4[(b0 + gn * p.k + k0 + 4u * k4) / 4u]; }
+            for (var j = 0u; j < 4u; j++) { Bs[(4u * k4 + j) * 16u + nn / 4u][nn % 4u] = w[j]; }
+        } else {  // (K, N): 4 consecutive n of row k
+            let kk = tid / 16u;
+            let n4 = tid % 16u;
+            let gk = k0 + kk;
+            var w = z;
+            if (gk < p.k && col0 + 4u * n4 < p.n) { w = b4[(b0 + gk * p.n + col0 + 4u * n4) / 4u]; }
+            Bs[kk * 16u + n4] = w;
+        }
+        workgroupBarrier();
+        tile_fma(lid, &acc);
+        workgroupBarrier();
+    }
+    store_tile(wid, lid, acc);
 }

@@ -135,7 +135,11 @@ const MATMUL_TOL: Tol = Tol { abs: 1e-4, rel: 1e-4 };
 fn matmul_forward_all_transposes() {
     let g = gpu_or_skip!();
     let mut rng = Rng::new(2);
-    for &(m, n, k) in &[(1usize, 1usize, 1usize), (7, 13, 5), (64, 64, 16), (65, 63, 17), (129, 67, 131)] {
+    // (4, 4, 4) .. (128, 8, 132): every dimension a multiple of 4, so matmul.wgsl's `main_vec4`
+    // (16-byte loads) runs, with partial tiles; the others take the scalar `main`.
+    let shapes = [(1usize, 1usize, 1usize), (7, 13, 5), (64, 64, 16), (65, 63, 17), (129, 67, 131)];
+    let aligned = [(4, 4, 4), (68, 132, 20), (128, 8, 132)];
+    for &(m, n, k) in shapes.iter().chain(&aligned) {
         for ta in [false, true] {
             for tb in [false, true] {
                 let d = MatmulDims { trans_a: ta, trans_b: tb, ..MatmulDims::new(m, n, k) };
@@ -153,6 +157,20 @@ fn matmul_forward_all_transposes() {
     let b = rand_f32(&mut rng, 66 * 9, -1.0, 1.0);
     let got = down(g, &g.matmul(&up(g, &a), &up(g, &b), None, d).unwrap());
     assert_close(&got, &spec_matmul(&a, &b, None, d), MATMUL_TOL, "batched matmul");
+    let d = MatmulDims { batch: 3, b_stride: 0, trans_b: true, ..MatmulDims::new(8, 68, 12) };
+    let a = rand_f32(&mut rng, 3 * 8 * 12, -1.0, 1.0);
+    let b = rand_f32(&mut rng, 68 * 12, -1.0, 1.0);
+    let got = down(g, &g.matmul(&up(g, &a), &up(g, &b), None, d).unwrap());
+    assert_close(&got, &spec_matmul(&a, &b, None, d), MATMUL_TOL, "batched aligned matmul");
+    let k = g.kernels_compiled();
+    for ta in 0..2 {
+        for tb in 0..2 {
+            for entry in ["main", "main_vec4"] {
+                let want = format!("matmul.{entry}[TRANS_A={ta},TRANS_B={tb}]");
+                assert!(k.iter().any(|s| s.starts_with(&want)), "{want} never ran; compiled: {k:?}");
+            }
+        }
+    }
 }
 
 #[test]
@@ -164,11 +182,14 @@ fn matmul_backward_all_transposes() {
     for ta in [false, true] {
         for tb in [false, true] {
             cases.push(MatmulDims { trans_a: ta, trans_b: tb, ..MatmulDims::new(67, 5, 33) });
+            cases.push(MatmulDims { trans_a: ta, trans_b: tb, ..MatmulDims::new(68, 8, 36) });
+            // main_vec4
         }
     }
     cases.push(MatmulDims { batch: 3, ..MatmulDims::new(4, 7, 65) });
     cases.push(MatmulDims { batch: 3, b_stride: 0, trans_b: true, ..MatmulDims::new(4, 7, 65) });
     cases.push(MatmulDims { batch: 2, a_stride: 0, trans_a: true, ..MatmulDims::new(3, 70, 5) });
+    cases.push(MatmulDims { batch: 3, b_stride: 0, trans_b: true, ..MatmulDims::new(4, 8, 64) });
     for d in cases {
         let na = if d.a_stride == 0 { d.m * d.k } else { d.batch * d.m * d.k };
         let nb = if d.b_stride == 0 { d.k * d.n } else { d.batch * d.k * d.n };

@@ -74,6 +74,12 @@ impl WgpuBackend {
         self.ctx.features
     }
 
+    /// The kernels compiled so far, e.g. `matmul.main_vec4[TRANS_A=0,TRANS_B=1]{rrrwu}` (tests use
+    /// it to check which variant ran).
+    pub fn kernels_compiled(&self) -> Vec<String> {
+        self.ctx.pipelines.keys()
+    }
+
     /// Distinct compute pipelines compiled so far (each compiles once per process).
     pub fn pipelines_compiled(&self) -> usize {
         self.ctx.pipelines.len()

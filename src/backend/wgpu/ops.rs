@@ -455,11 +455,20 @@ impl WgpuBackend {
     ) -> Result<()> {
         let ov = [("TRANS_A", d.trans_a as u32 as f64), ("TRANS_B", d.trans_b as u32 as f64)];
         let groups = |batch: usize| ((d.n.div_ceil(64)) as u32, (d.m.div_ceil(64)) as u32, batch as u32);
+        // 16-byte loads when every row of A and B starts 16-byte aligned and no vec4 straddles the
+        // end of a row (matmul.wgsl `main_vec4`); scalar loads otherwise.
+        let a_row = if d.trans_a { d.m } else { d.k };
+        let b_row = if d.trans_b { d.k } else { d.n };
+        static SCALAR_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let scalar_only = *SCALAR_ONLY.get_or_init(|| std::env::var_os("LORAFORGE_WGPU_SCALAR_LOADS").is_some());
+        let aligned =
+            [a_row, b_row, d.k, offs.0, offs.1, d.a_stride, d.b_stride].iter().all(|x| x % 4 == 0) && !scalar_only;
+        let entry = if aligned { "main_vec4" } else { "main" };
         let launch = |a_off: usize, b_off: usize, c_off: usize, batch: usize, acc: bool| {
             dispatch(
                 &self.ctx,
                 "matmul",
-                "main",
+                entry,
                 &ov,
                 &[Bind::R(a), Bind::R(b), Bind::R(bias.unwrap_or(a)), Bind::W(out)],
                 &[

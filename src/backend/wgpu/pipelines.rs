@@ -103,6 +103,14 @@ impl Pipelines {
         Pipelines { subgroups, ..Default::default() }
     }
 
+    /// The pipelines compiled so far, as `KernelKey` displays them, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let mut v: Vec<String> =
+            self.cache.lock().unwrap_or_else(|e| e.into_inner()).keys().map(|k| k.to_string()).collect();
+        v.sort();
+        v
+    }
+
     /// Number of distinct pipelines compiled so far.
     pub fn len(&self) -> usize {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).len()
