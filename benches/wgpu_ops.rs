@@ -4,8 +4,11 @@
 //! Frozen weights stay packed on the device and are decoded in the kernel (quant_linear.wgsl); the
 //! GB/s counts the packed bytes the kernel streams. The f32 row is the dense matmul path for
 //! comparison; the N = 256 rows are training-shaped (x · Wᵀ over a 256-token micro-batch), in GFLOP/s.
+//! Same run, same data: matmul with 16-byte loads (`main_vec4`) and with scalar loads; the one-token
+//! quant_linear (the gemv entry, a workgroup reduction per output) with and without subgroup
+//! operations when the adapter has them.
 use loraforge::backend::cpu::matmul::MatmulDims;
-use loraforge::backend::wgpu::WgpuBackend;
+use loraforge::backend::wgpu::{WgpuBackend, WgpuOptions};
 use loraforge::backend::{Backend, HostQuant};
 use loraforge::quant::F32Matrix;
 use loraforge::rng::Rng;
@@ -31,19 +34,29 @@ fn main() {
             return;
         }
     };
-    println!("device: {}", g.name());
+    println!("device: {} (subgroups: {})", g.name(), g.uses_subgroups());
+    let scalar = WgpuBackend::with_options(WgpuOptions { vec4_loads: false, ..Default::default() }).unwrap();
+    let no_subgroups = if g.uses_subgroups() {
+        Some(WgpuBackend::with_options(WgpuOptions { subgroups: false, ..Default::default() }).unwrap())
+    } else {
+        None
+    };
     let mut rng = Rng::new(0);
     let mut rand = |n: usize| (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect::<Vec<f32>>();
     let scale: usize = std::env::var("WGPU_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     for &(m, n, k) in &[(64usize, 64usize, 64usize), (256, 256, 256), (128 * scale, 576, 576), (256 * scale, 1536, 576)]
     {
         let d = MatmulDims::linear(m, n, k);
-        let (a, b) = (g.upload(&rand(m * k)).unwrap(), g.upload(&rand(n * k)).unwrap());
-        let reps = 3;
-        let s = time(&g, reps, || {
-            let _ = g.matmul(&a, &b, None, d).unwrap();
-        });
-        println!("matmul x·Wᵀ m={m:5} n={n:5} k={k:5}: {:8.3} ms  {:8.2} GFLOP/s", s * 1e3, d.flops() / s / 1e9);
+        let (a, b) = (rand(m * k), rand(n * k));
+        let mut line = format!("matmul x·Wᵀ m={m:5} n={n:5} k={k:5}:");
+        for (label, be) in [("vec4 loads", &g), ("scalar loads", &scalar)] {
+            let (a, b) = (be.upload(&a).unwrap(), be.upload(&b).unwrap());
+            let s = time(be, 3, || {
+                let _ = be.matmul(&a, &b, None, d).unwrap();
+            });
+            line += &format!("  {label} {:8.3} ms {:6.2} GFLOP/s", s * 1e3, d.flops() / s / 1e9);
+        }
+        println!("{line}");
     }
     use loraforge::quant::ggml::{GgmlMatrix, GgmlType};
     use loraforge::quant::nf4::Nf4Matrix;
@@ -59,8 +72,10 @@ fn main() {
     ];
     for (name, q) in formats {
         let bytes = q.storage_bytes();
+        let q2 = q.clone();
         let w = g.upload_quant(q).unwrap();
-        let x1 = g.upload(&rand(cols)).unwrap();
+        let x1_host = rand(cols);
+        let x1 = g.upload(&x1_host).unwrap();
         let s1 = time(&g, 5, || {
             let _ = g.quant_linear(&x1, &w, None, 1).unwrap();
         });
@@ -69,11 +84,19 @@ fn main() {
         let sn = time(&g, 2, || {
             let _ = g.quant_linear(&xn, &w, None, n).unwrap();
         });
+        let plain = no_subgroups.as_ref().map(|p| {
+            let (w, x1) = (p.upload_quant(q2.clone()).unwrap(), p.upload(&x1_host).unwrap());
+            let s = time(p, 5, || {
+                let _ = p.quant_linear(&x1, &w, None, 1).unwrap();
+            });
+            format!(" (no subgroups {:8.3} ms)", s * 1e3)
+        });
         println!(
-            "quant_linear {name:6} ({rows}x{cols}, packed {}): N=1 {:8.3} ms {:7.2} GB/s | N={n} {:8.2} ms {:7.2} GFLOP/s",
+            "quant_linear {name:6} ({rows}x{cols}, packed {}): N=1 {:8.3} ms {:7.2} GB/s{} | N={n} {:8.2} ms {:7.2} GFLOP/s",
             w.is_packed(),
             s1 * 1e3,
             bytes as f64 / s1 / 1e9,
+            plain.unwrap_or_default(),
             sn * 1e3,
             2.0 * (n * rows * cols) as f64 / sn / 1e9
         );

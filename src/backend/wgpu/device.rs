@@ -21,6 +21,8 @@ pub const ALLOW_SOFTWARE_ENV: &str = "LORAFORGE_ALLOW_SOFTWARE_ADAPTER";
 /// `LORAFORGE_WGPU_SUBGROUPS=0` builds every shader without subgroup operations even on an adapter
 /// that has them (a workaround for a driver whose subgroup support misbehaves).
 pub const SUBGROUPS_ENV: &str = "LORAFORGE_WGPU_SUBGROUPS";
+/// `LORAFORGE_WGPU_VEC4=0`: the matmul loads scalars even where 16-byte loads would do.
+pub const VEC4_ENV: &str = "LORAFORGE_WGPU_VEC4";
 
 /// How to open the device. `Default`: the adapter's own limits, subgroup operations when the
 /// adapter has them (unless `LORAFORGE_WGPU_SUBGROUPS=0`).
@@ -32,11 +34,15 @@ pub struct Options {
     /// Use subgroup operations if the adapter has SUBGROUP; `false` opens the device without the
     /// feature, as on an adapter that lacks it.
     pub subgroups: bool,
+    /// Let the matmul use 16-byte global loads where its operands are aligned (matmul.wgsl
+    /// `main_vec4`); `false` keeps scalar loads everywhere.
+    pub vec4_loads: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { binding_cap: None, subgroups: std::env::var(SUBGROUPS_ENV).map(|v| v != "0").unwrap_or(true) }
+        let on = |var: &str| std::env::var(var).map(|v| v != "0").unwrap_or(true);
+        Options { binding_cap: None, subgroups: on(SUBGROUPS_ENV), vec4_loads: on(VEC4_ENV) }
     }
 }
 /// Passes recorded before the encoder is submitted (bounds the host-side command memory and
@@ -58,6 +64,8 @@ pub struct Ctx {
     error: Arc<Mutex<Option<String>>>,
     /// A cap on storage bindings below the adapter's (`open`).
     binding_cap: Option<u64>,
+    /// `Options::vec4_loads`.
+    pub vec4_loads: bool,
     /// Set by wgpu's device-lost callback (driver reset, GPU removed, `destroy`). From then on
     /// every allocation, sync and readback is an error instead of work on a dead device.
     lost: Arc<Mutex<Option<String>>>,
@@ -222,6 +230,7 @@ impl Ctx {
             error,
             lost,
             binding_cap: opts.binding_cap,
+            vec4_loads: opts.vec4_loads,
         }))
     }
 

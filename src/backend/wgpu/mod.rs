@@ -18,7 +18,7 @@ mod ops;
 mod pipelines;
 mod pool;
 
-pub use device::{describe_adapters, Options as WgpuOptions, ALLOW_SOFTWARE_ENV, SUBGROUPS_ENV};
+pub use device::{describe_adapters, Options as WgpuOptions, ALLOW_SOFTWARE_ENV, SUBGROUPS_ENV, VEC4_ENV};
 pub use ops::{WgpuQuant, WgpuStorage};
 
 use crate::error::Result;

@@ -459,10 +459,8 @@ impl WgpuBackend {
         // end of a row (matmul.wgsl `main_vec4`); scalar loads otherwise.
         let a_row = if d.trans_a { d.m } else { d.k };
         let b_row = if d.trans_b { d.k } else { d.n };
-        static SCALAR_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let scalar_only = *SCALAR_ONLY.get_or_init(|| std::env::var_os("LORAFORGE_WGPU_SCALAR_LOADS").is_some());
-        let aligned =
-            [a_row, b_row, d.k, offs.0, offs.1, d.a_stride, d.b_stride].iter().all(|x| x % 4 == 0) && !scalar_only;
+        let aligned = self.ctx.vec4_loads
+            && [a_row, b_row, d.k, offs.0, offs.1, d.a_stride, d.b_stride].iter().all(|x| x % 4 == 0);
         let entry = if aligned { "main_vec4" } else { "main" };
         let launch = |a_off: usize, b_off: usize, c_off: usize, batch: usize, acc: bool| {
             dispatch(
