@@ -46,7 +46,8 @@
  *   receive are valid only during the callback.
  * - Compute: a trainer runs on the backend its config's `device` key names ("auto": a hardware
  *   GPU through wgpu when there is one, else the CPU; "cpu"; "wgpu"), e.g. lf_train_params.extra_json
- *   = "{\"device\": \"wgpu\"}". Models opened with lf_model_new (chat, logits) run on the CPU.
+ *   = "{\"device\": \"wgpu\"}". Models opened with lf_model_new run on the CPU; lf_model_new_on
+ *   takes the device the same way ("cpu", "wgpu", "auto").
  *   lf_devices says what exists on this machine and why a device cannot be used.
  */
 #ifndef LORAFORGE_H
@@ -111,10 +112,16 @@ typedef int (*lf_token_cb)(const char *piece, void *user);
  * *out: a new handle, caller frees with lf_model_free; NULL on failure. */
 int lf_model_new(const char *path, const char *adapter_dir, const char *template_name, lf_model **out);
 
+/* lf_model_new on a chosen compute device: "cpu", "wgpu" or "auto" (a hardware GPU through wgpu
+ * when there is one, else the CPU); NULL means "cpu". No usable device of that kind:
+ * LF_ERR_UNSUPPORTED; an unknown name: LF_ERR_INVALID_ARGUMENT. */
+int lf_model_new_on(const char *path, const char *adapter_dir, const char *template_name, const char *device,
+                    lf_model **out);
+
 /* Frees a model. NULL is a no-op. */
 void lf_model_free(lf_model *m);
 
-/* JSON: {"path", "adapter", "arch", "vocab_size", "hidden_size", "num_hidden_layers", ...,
+/* JSON: {"path", "adapter", "device", "arch", "vocab_size", "hidden_size", "num_hidden_layers", ...,
  * "parameters", "chat_template", "tokenizer"}. *out_json: caller frees with lf_string_free. */
 int lf_model_info(lf_model *m, char **out_json);
 

@@ -1,6 +1,7 @@
 //! `lf_model`: a model (GGUF file or Hugging Face directory) with its tokenizer, chat template
 //! and an optional PEFT adapter applied, and `lf_chat`, which streams a reply through a callback.
-//! The loading logic is `loraforge chat`'s (src/cli/session.rs `load`). Models run on the CPU.
+//! The loading logic is `loraforge chat`'s (src/cli/session.rs `load`). Models run on the CPU
+//! (`lf_model_new`) or on the device the caller names (`lf_model_new_on`: cpu, wgpu, auto).
 //! Header: ffi/include/loraforge.h ("Models and chat"). Test: ffi/src/tests.rs, ffi/tests/c_example.rs.
 //!
 //! Contract easy to miss: the token callback sees text pieces as soon as they are complete UTF-8
@@ -10,7 +11,8 @@
 
 use crate::handle::{self, Handle, Kind};
 use crate::status::*;
-use loraforge::backend::CpuBackend;
+use loraforge::backend::wgpu::WgpuBackend;
+use loraforge::backend::{CpuBackend, DeviceKind};
 use loraforge::cli::session::Loaded;
 use loraforge::generate::{generate, GenerateConfig};
 use loraforge::model::{ModelConfig, Transformer};
@@ -25,7 +27,7 @@ use std::sync::atomic::AtomicBool;
 pub struct LfModel {
     magic: u64,
     busy: AtomicBool,
-    model: Transformer<CpuBackend>,
+    model: Net,
     cfg: ModelConfig,
     tok: Tokenizer,
     template: Option<ChatTemplate>,
@@ -44,16 +46,61 @@ impl Handle for LfModel {
     }
 }
 
+/// The network on the backend the caller chose.
+enum Net {
+    Cpu(Transformer<CpuBackend>),
+    Wgpu(Transformer<WgpuBackend>),
+}
+
+impl Net {
+    fn generate(
+        &self,
+        ids: &[u32],
+        gen: &GenerateConfig,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> loraforge::Result<Vec<u32>> {
+        match self {
+            Net::Cpu(m) => generate(m, ids, gen, on_token),
+            Net::Wgpu(m) => generate(m, ids, gen, on_token),
+        }
+    }
+
+    /// "cpu", or "wgpu (adapter name)".
+    fn device(&self) -> String {
+        match self {
+            Net::Cpu(_) => "cpu".into(),
+            Net::Wgpu(m) => format!("wgpu ({})", m.norm.backend().adapter_name()),
+        }
+    }
+}
+
 /// `int (*lf_token_cb)(const char *piece, void *user)`: nonzero stops generation.
 pub type LfTokenCb = Option<unsafe extern "C" fn(piece: *const c_char, user: *mut c_void) -> c_int>;
 
-fn load(path: &Path, adapter: Option<&Path>, template: Option<&str>) -> FfiResult<LfModel> {
+fn load(path: &Path, adapter: Option<&Path>, template: Option<&str>, device: DeviceKind) -> FfiResult<LfModel> {
     if !path.exists() {
         return Err(FfiError::new(LF_ERR_IO, format!("{}: no such file or directory", path.display())));
     }
     // `loraforge chat`'s loader: tokenizer, template, adapter, and the base-fingerprint check.
-    let Loaded { model, cfg, tok, template } =
-        loraforge::cli::session::load(&CpuBackend::new(), path, adapter, template).map_err(lib_err(LF_ERR_FORMAT))?;
+    let (model, cfg, tok, template) = match loraforge::backend::resolve_device(device)
+        .map_err(lib_err(LF_ERR_UNSUPPORTED))?
+    {
+        DeviceKind::Cpu | DeviceKind::Auto => {
+            let Loaded { model, cfg, tok, template } =
+                loraforge::cli::session::load(&CpuBackend::new(), path, adapter, template)
+                    .map_err(lib_err(LF_ERR_FORMAT))?;
+            (Net::Cpu(model), cfg, tok, template)
+        }
+        DeviceKind::Wgpu => {
+            let be = WgpuBackend::new().map_err(lib_err(LF_ERR_UNSUPPORTED))?;
+            let Loaded { model, cfg, tok, template } =
+                loraforge::cli::session::load(&be, path, adapter, template).map_err(lib_err(LF_ERR_FORMAT))?;
+            (Net::Wgpu(model), cfg, tok, template)
+        }
+        other => {
+            return Err(FfiError::new(LF_ERR_UNSUPPORTED, format!("device {other:?} is not available in this build")));
+        }
+    };
     Ok(LfModel {
         magic: LfModel::MAGIC,
         busy: AtomicBool::new(false),
@@ -85,7 +132,36 @@ pub unsafe extern "C" fn lf_model_new(
         let path = arg_str(path, "path")?;
         let adapter = opt_str(adapter_dir, "adapter_dir")?;
         let template = opt_str(template_name, "template_name")?;
-        let m = load(Path::new(path), adapter.map(Path::new), template)?;
+        let m = load(Path::new(path), adapter.map(Path::new), template, DeviceKind::Cpu)?;
+        *out = handle::register(m);
+        Ok(())
+    })
+}
+
+/// `lf_model_new` on a chosen device: "cpu", "wgpu" or "auto" (a hardware GPU through wgpu when
+/// there is one, else the CPU); NULL means "cpu".
+///
+/// # Safety
+/// String arguments are NULL or NUL-terminated; `out` is NULL or valid for one pointer write.
+#[no_mangle]
+pub unsafe extern "C" fn lf_model_new_on(
+    path: *const c_char,
+    adapter_dir: *const c_char,
+    template_name: *const c_char,
+    device: *const c_char,
+    out: *mut *mut LfModel,
+) -> c_int {
+    guard("lf_model_new_on", || {
+        if out.is_null() {
+            return Err(FfiError::invalid("out is NULL"));
+        }
+        clear_out(out);
+        let path = arg_str(path, "path")?;
+        let adapter = opt_str(adapter_dir, "adapter_dir")?;
+        let template = opt_str(template_name, "template_name")?;
+        let device: DeviceKind =
+            opt_str(device, "device")?.unwrap_or("cpu").parse().map_err(lib_err(LF_ERR_INVALID_ARGUMENT))?;
+        let m = load(Path::new(path), adapter.map(Path::new), template, device)?;
         *out = handle::register(m);
         Ok(())
     })
@@ -117,6 +193,7 @@ pub unsafe extern "C" fn lf_model_info(m: *mut LfModel, out_json: *mut *mut c_ch
         let v = serde_json::json!({
             "path": m.path,
             "adapter": m.adapter,
+            "device": m.model.device(),
             "arch": c.arch,
             "vocab_size": c.vocab_size,
             "hidden_size": c.hidden_size,
@@ -240,11 +317,12 @@ pub unsafe extern "C" fn lf_chat(
                 }
             }
         };
-        generate(&m.model, &ids, &gen, &mut |id| match stream.step(id) {
-            Some(piece) => emit(&piece, &mut text),
-            None => true,
-        })
-        .map_err(lib_err(LF_ERR_INTERNAL))?;
+        m.model
+            .generate(&ids, &gen, &mut |id| match stream.step(id) {
+                Some(piece) => emit(&piece, &mut text),
+                None => true,
+            })
+            .map_err(lib_err(LF_ERR_INTERNAL))?;
         if let Some(rest) = stream.finish() {
             emit(&rest, &mut text);
         }

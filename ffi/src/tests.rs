@@ -469,6 +469,52 @@ fn trainer_cancel_from_callback_and_other_threads() {
 /// in f32; the GPU sums in another order, so the losses agree to ~1e-6 relative; 1e-4 still fails
 /// on any wrong kernel (a wrong decode or gradient moves the second step's loss by far more).
 /// Skips with a message when no wgpu adapter may be used (set LORAFORGE_ALLOW_SOFTWARE_ADAPTER=1).
+/// `lf_model_new_on`: a model opened on wgpu chats greedily with the CPU's exact reply (8 tokens of
+/// SmolLM2: the logits agree to ~1e-4, far from any near-tie on this prompt), says where it runs,
+/// and bad device names are refused with the right status.
+#[test]
+fn model_on_wgpu_chats_like_the_cpu() {
+    unsafe {
+        let path = c(fixture_model().to_str().unwrap());
+        let mut m = dangling();
+        expect(
+            lf_model_new_on(path.as_ptr(), null(), null(), c("gpu").as_ptr(), &mut m),
+            LF_ERR_INVALID_ARGUMENT,
+            "gpu",
+        );
+        assert!(m.is_null());
+        expect(lf_model_new_on(path.as_ptr(), null(), null(), c("cuda").as_ptr(), &mut m), LF_ERR_UNSUPPORTED, "cuda");
+        if let Err(e) = loraforge::backend::resolve_device(loraforge::backend::DeviceKind::Wgpu) {
+            println!("SKIP model_on_wgpu_chats_like_the_cpu (wgpu part): {e}");
+            return;
+        }
+        let msgs = c(r#"[{"role": "user", "content": "What is the capital of France?"}]"#);
+        let gen = c(r#"{"max_new_tokens": 8}"#);
+        let mut replies = Vec::new();
+        for device in [null(), c("wgpu").into_raw() as *const c_char] {
+            let mut m = null_mut();
+            assert_eq!(lf_model_new_on(path.as_ptr(), null(), null(), device, &mut m), LF_OK, "{}", last());
+            let mut info = null_mut();
+            assert_eq!(lf_model_info(m, &mut info), LF_OK);
+            let v: serde_json::Value = serde_json::from_str(CStr::from_ptr(info).to_str().unwrap()).unwrap();
+            lf_string_free(info);
+            let want = if device.is_null() { "cpu" } else { "wgpu (" };
+            assert!(v["device"].as_str().unwrap().starts_with(want), "{v}");
+            let mut text = null_mut();
+            assert_eq!(lf_chat(m, msgs.as_ptr(), gen.as_ptr(), None, null_mut(), &mut text), LF_OK, "{}", last());
+            replies.push(CStr::from_ptr(text).to_str().unwrap().to_string());
+            lf_string_free(text);
+            lf_model_free(m);
+            if !device.is_null() {
+                drop(CString::from_raw(device as *mut c_char));
+            }
+        }
+        println!("cpu: {:?}\nwgpu: {:?}", replies[0], replies[1]);
+        assert!(!replies[0].is_empty());
+        assert_eq!(replies[0], replies[1]);
+    }
+}
+
 #[test]
 fn trainer_device_wgpu_matches_cpu() {
     if let Err(e) = loraforge::backend::resolve_device(loraforge::backend::DeviceKind::Wgpu) {
