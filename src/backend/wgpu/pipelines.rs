@@ -128,7 +128,12 @@ impl Pipelines {
             source: wgpu::ShaderSource::Wgsl(src.into()),
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::msg(format!("wgpu: compiling shaders/{shader}.wgsl: {e}")));
+            let hint = if self.subgroups {
+                " (built with subgroup operations: set LORAFORGE_WGPU_SUBGROUPS=0 to build without them)"
+            } else {
+                ""
+            };
+            return Err(Error::msg(format!("wgpu: compiling shaders/{shader}.wgsl: {e}{hint}")));
         }
         let m = Arc::new(m);
         self.modules.lock().unwrap_or_else(|e| e.into_inner()).insert(shader, m.clone());
