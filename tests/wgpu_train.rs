@@ -30,11 +30,23 @@ fn config() -> ModelConfig {
     ModelConfig::from_hf_json(&v).unwrap()
 }
 
+/// What every run here shares: a random-init model trained on synthetic tokens, no checkpoints,
+/// quiet logs, outputs under `out`.
+fn synthetic_args(out: &std::path::Path) -> TrainArgs {
+    let mut a = TrainArgs::default();
+    a.model_name_or_path = "random-init:test".into();
+    a.dataset = vec!["synthetic".into()];
+    a.save_strategy = SaveStrategy::No;
+    a.logging_steps = 100;
+    a.output_dir = out.display().to_string();
+    a.overwrite_output_dir = true;
+    a
+}
+
 /// (loss, grad_norm) of 5 steps of LoRA r8 on all projections, lora_dropout 0.1.
 fn run<B: Backend>(be: B, quant: Option<u32>, tag: &str) -> Vec<(f64, f64)> {
     let out = std::env::temp_dir().join(format!("loraforge-wgpu-train-{tag}-{}", std::process::id()));
-    let mut a = TrainArgs::default();
-    a.model_name_or_path = "random-init:test".into();
+    let mut a = synthetic_args(&out);
     a.quantization_bit = quant;
     a.lora_rank = 8;
     a.lora_dropout = 0.1;
@@ -43,16 +55,11 @@ fn run<B: Backend>(be: B, quant: Option<u32>, tag: &str) -> Vec<(f64, f64)> {
     a.gradient_accumulation_steps = 2;
     a.learning_rate = 5e-3;
     a.max_steps = Some(5);
-    a.dataset = vec!["synthetic".into()];
-    a.save_strategy = SaveStrategy::No;
-    a.logging_steps = 100;
-    a.output_dir = out.display().to_string();
-    a.overwrite_output_dir = true;
     let cfg = config();
     let spec = adapter_spec(&a).unwrap();
     let model = random_model(&be, &cfg, &spec).unwrap();
     let data = synthetic_data(cfg.vocab_size, 8, 48, 5);
-    let parts = ModelParts { model, cfg, chat: None, base: "random-init:test".into(), base_fingerprint: None };
+    let parts = ModelParts { model, cfg, chat: None, base: a.model_name_or_path.clone(), base_fingerprint: None };
     let mut t = Trainer::from_parts(be, a, Vec::new(), parts, Some(data)).unwrap();
     let v = (0..5).map(|_| t.step().map(|r| (r.loss, r.grad_norm)).unwrap()).collect();
     let _ = std::fs::remove_dir_all(&out);
@@ -172,22 +179,16 @@ fn plan_and_peak<B: Backend>(be: B, tag: &str) -> (u64, u64) {
         "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 512,
         "tie_word_embeddings": true, "vocab_size": 8192});
     let cfg = ModelConfig::from_hf_json(&v).unwrap();
-    let mut a = TrainArgs::default();
-    a.model_name_or_path = "random-init:plan".into();
+    let mut a = synthetic_args(&out);
     a.quantization_bit = Some(4);
     a.lora_rank = 16;
     a.cutoff_len = 256;
     a.per_device_train_batch_size = 1;
     a.max_steps = Some(2);
-    a.dataset = vec!["synthetic".into()];
-    a.save_strategy = SaveStrategy::No;
-    a.logging_steps = 100;
-    a.output_dir = out.display().to_string();
-    a.overwrite_output_dir = true;
     let spec = adapter_spec(&a).unwrap();
     let model = random_model(&be, &cfg, &spec).unwrap();
     let data = synthetic_data(cfg.vocab_size, 2, 256, 3);
-    let parts = ModelParts { model, cfg, chat: None, base: "random-init:plan".into(), base_fingerprint: None };
+    let parts = ModelParts { model, cfg, chat: None, base: a.model_name_or_path.clone(), base_fingerprint: None };
     let mut t = Trainer::from_parts(be.clone(), a, Vec::new(), parts, Some(data)).unwrap();
     t.step().unwrap();
     t.step().unwrap();

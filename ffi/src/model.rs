@@ -124,18 +124,7 @@ pub unsafe extern "C" fn lf_model_new(
     template_name: *const c_char,
     out: *mut *mut LfModel,
 ) -> c_int {
-    guard("lf_model_new", || {
-        if out.is_null() {
-            return Err(FfiError::invalid("out is NULL"));
-        }
-        clear_out(out);
-        let path = arg_str(path, "path")?;
-        let adapter = opt_str(adapter_dir, "adapter_dir")?;
-        let template = opt_str(template_name, "template_name")?;
-        let m = load(Path::new(path), adapter.map(Path::new), template, DeviceKind::Cpu)?;
-        *out = handle::register(m);
-        Ok(())
-    })
+    guard("lf_model_new", || new_model(path, adapter_dir, template_name, std::ptr::null(), out))
 }
 
 /// `lf_model_new` on a chosen device: "cpu", "wgpu" or "auto" (a hardware GPU through wgpu when
@@ -151,20 +140,29 @@ pub unsafe extern "C" fn lf_model_new_on(
     device: *const c_char,
     out: *mut *mut LfModel,
 ) -> c_int {
-    guard("lf_model_new_on", || {
-        if out.is_null() {
-            return Err(FfiError::invalid("out is NULL"));
-        }
-        clear_out(out);
-        let path = arg_str(path, "path")?;
-        let adapter = opt_str(adapter_dir, "adapter_dir")?;
-        let template = opt_str(template_name, "template_name")?;
-        let device: DeviceKind =
-            opt_str(device, "device")?.unwrap_or("cpu").parse().map_err(lib_err(LF_ERR_INVALID_ARGUMENT))?;
-        let m = load(Path::new(path), adapter.map(Path::new), template, device)?;
-        *out = handle::register(m);
-        Ok(())
-    })
+    guard("lf_model_new_on", || new_model(path, adapter_dir, template_name, device, out))
+}
+
+/// The body of both constructors (`device` NULL = cpu).
+unsafe fn new_model(
+    path: *const c_char,
+    adapter_dir: *const c_char,
+    template_name: *const c_char,
+    device: *const c_char,
+    out: *mut *mut LfModel,
+) -> FfiResult<()> {
+    if out.is_null() {
+        return Err(FfiError::invalid("out is NULL"));
+    }
+    clear_out(out);
+    let path = arg_str(path, "path")?;
+    let adapter = opt_str(adapter_dir, "adapter_dir")?;
+    let template = opt_str(template_name, "template_name")?;
+    let device: DeviceKind =
+        opt_str(device, "device")?.unwrap_or("cpu").parse().map_err(lib_err(LF_ERR_INVALID_ARGUMENT))?;
+    let m = load(Path::new(path), adapter.map(Path::new), template, device)?;
+    *out = handle::register(m);
+    Ok(())
 }
 
 /// Frees a model; NULL is a no-op.
