@@ -2,6 +2,9 @@
 // lookup of a quantized table), or every row in order when `has_ids` is 0 (Backend::dequantize).
 // Called once per row piece of a weight larger than one binding: the piece holds rows
 // [row_base, row_base + piece_rows); lookups of other rows are left to the other pieces.
+// Decoding every row (has_ids = 0) writes an output that may be larger than one binding (f32 is
+// up to 8x the packed bytes): each launch decodes rows [row0, row0 + n_rows) of its piece into a
+// window of out that starts `out_base` elements before them.
 // The decode is quant_decode.wgsl's `w_at` (prepended).
 // Spec: src/quant/{ggml,nf4,int8}.rs `dequantize_row`   Test: tests/wgpu_ops.rs (quant_formats_*)
 // One thread per output element on a 1-D grid of 256-thread workgroups folded into (x, y).
@@ -15,6 +18,8 @@ struct Params {
     offset: f32,
     row_base: u32,     // first weight row this piece holds
     piece_rows: u32,
+    row0: u32,         // has_ids = 0: first row of the piece this launch decodes
+    out_base: u32,     // has_ids = 0: element offset of that row in the bound out
 };
 @group(0) @binding(0) var<storage, read>       ids: array<u32>;  // (n_rows) when has_ids
 @group(0) @binding(1) var<storage, read>       q:   array<u32>;
@@ -33,6 +38,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         if (r < p.row_base || r >= p.row_base + p.piece_rows) { return; }
         out[i] = w_at(r - p.row_base, col);
     } else {
-        out[p.row_base * p.cols + i] = w_at(row, col);
+        out[p.out_base + i] = w_at(p.row0 + row, col);
     }
 }

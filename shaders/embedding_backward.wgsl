@@ -3,7 +3,10 @@
 // The host sorts the positions by id (CSR): csr = [uniq (U) | start (U + 1) | order (N)], so each
 // thread owns one (unique id, column) and sums its rows in a fixed order: deterministic.
 // Rows of dtable whose id never occurs are zeroed by the host (clear_buffer) beforehand.
-struct Params { u: u32, c: u32, _a: u32, _b: u32 };  // u = number of unique ids
+// A dtable larger than one storage binding is bound in windows of whole rows, one launch each:
+// the host passes only the ids of the window, as rows relative to it, and `base`, where the
+// window's first row starts inside the binding.
+struct Params { u: u32, c: u32, base: u32, _b: u32 };  // u = number of unique ids
 @group(0) @binding(0) var<storage, read>       dout: array<f32>;  // (N, C)
 @group(0) @binding(1) var<storage, read>       csr: array<u32>;  // (2U + 1 + N)
 @group(0) @binding(2) var<storage, read_write> dt:   array<f32>;  // (V, C)
@@ -22,5 +25,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var k = start; k < end; k++) {
         acc += dout[csr[2u * p.u + 1u + k] * p.c + col];
     }
-    dt[csr[u] * p.c + col] = acc;
+    dt[p.base + csr[u] * p.c + col] = acc;
 }

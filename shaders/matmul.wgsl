@@ -9,9 +9,13 @@
 // arranged so consecutive threads read consecutive addresses for either transpose.
 // Entry `main_vec4`: the same tiles with 16-byte global loads (one vec4 per thread per tile instead
 // of four scalars), for operands whose rows are 16-byte aligned: the launcher picks it when every
-// offset and stride is a multiple of 4 elements, K % 4 == 0 and the contiguous dimension of each
+// offset, row stride and batch stride is a multiple of 4 elements, K % 4 == 0 and the contiguous dimension of each
 // operand (K, or M / N when transposed) is a multiple of 4 (then a vec4 is wholly in or out of
 // range). `a4` / `b4` alias `a` / `b` (same bindings, only this entry uses them).
+// Row strides lda / ldb / ldc are parameters (the launcher passes K or M, N or K, and N for
+// contiguous operands), so a launch can read or write a column block of a wider matrix: the
+// cross-entropy over a head larger than one storage binding computes its logits, dh and dW one
+// window of head rows at a time (src/backend/wgpu/ops.rs `cross_entropy`).
 // Contract easy to miss: `accumulate` = 1 makes C += result (backward into an existing gradient).
 override TRANS_A: bool = false;  // A stored (K, M) instead of (M, K)
 override TRANS_B: bool = false;  // B stored (N, K) instead of (K, N)
@@ -26,6 +30,9 @@ struct Params {
     c_bs: u32,
     has_bias: u32,    // bias (N) added to every row
     accumulate: u32,  // 1: C += A·B
+    lda: u32,         // elements between rows of A as stored (K, or M when TRANS_A)
+    ldb: u32,         // elements between rows of B as stored (N, or K when TRANS_B)
+    ldc: u32,         // elements between rows of C
 };
 @group(0) @binding(0) var<storage, read>       a:    array<f32>;  // (batch, M, K) or (batch, K, M)
 @group(0) @binding(1) var<storage, read>       b:    array<f32>;  // (batch, K, N) or (batch, N, K)
@@ -59,7 +66,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let gk = k0 + kk;
             var v = 0.0;
             if (gm < p.m && gk < p.k) {
-                if (TRANS_A) { v = a[a0 + gk * p.m + gm]; } else { v = a[a0 + gm * p.k + gk]; }
+                if (TRANS_A) { v = a[a0 + gk * p.lda + gm]; } else { v = a[a0 + gm * p.lda + gk]; }
             }
             As[kk * 16u + mm / 4u][mm % 4u] = v;
             var nn: u32;
@@ -68,7 +75,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let gk2 = k0 + kk;
             var w = 0.0;
             if (gn < p.n && gk2 < p.k) {
-                if (TRANS_B) { w = b[b0 + gn * p.k + gk2]; } else { w = b[b0 + gk2 * p.n + gn]; }
+                if (TRANS_B) { w = b[b0 + gn * p.ldb + gk2]; } else { w = b[b0 + gk2 * p.ldb + gn]; }
             }
             Bs[kk * 16u + nn / 4u][nn % 4u] = w;
         }
@@ -103,7 +110,7 @@ fn store_tile(wid: vec3<u32>, lid: vec3<u32>, acc: array<vec4<f32>, 4>) {
             if (gc >= p.n) { break; }
             var v = acc[i][j];
             if (p.has_bias != 0u) { v += bias[gc]; }
-            let o = c0 + gr * p.n + gc;
+            let o = c0 + gr * p.ldc + gc;
             if (p.accumulate != 0u) { c[o] = c[o] + v; } else { c[o] = v; }
         }
     }
@@ -124,14 +131,14 @@ fn main_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
             let m4 = tid % 16u;
             let gk = k0 + kk;
             var v = z;
-            if (gk < p.k && row0 + 4u * m4 < p.m) { v = a4[(a0 + gk * p.m + row0 + 4u * m4) / 4u]; }
+            if (gk < p.k && row0 + 4u * m4 < p.m) { v = a4[(a0 + gk * p.lda + row0 + 4u * m4) / 4u]; }
             As[kk * 16u + m4] = v;
         } else {  // (M, K): 4 consecutive k of row m; thread -> (m = tid / 4, k4 = tid % 4)
             let mm = tid / 4u;
             let k4 = tid % 4u;
             let gm = row0 + mm;
             var v = z;
-            if (gm < p.m && k0 + 4u * k4 < p.k) { v = a4[(a0 + gm * p.k + k0 + 4u * k4) / 4u]; }
+            if (gm < p.m && k0 + 4u * k4 < p.k) { v = a4[(a0 + gm * p.lda + k0 + 4u * k4) / 4u]; }
             for (var j = 0u; j < 4u; j++) { As[(4u * k4 + j) * 16u + mm / 4u][mm % 4u] = v[j]; }
         }
         if (TRANS_B) {  // (N, K): 4 consecutive k of row n
@@ -139,14 +146,14 @@ fn main_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
             let k4 = tid % 4u;
             let gn = col0 + nn;
             var w = z;
-            if (gn < p.n && k0 + 4u * k4 < p.k) { w = b4[(b0 + gn * p.k + k0 + 4u * k4) / 4u]; }
+            if (gn < p.n && k0 + 4u * k4 < p.k) { w = b4[(b0 + gn * p.ldb + k0 + 4u * k4) / 4u]; }
             for (var j = 0u; j < 4u; j++) { Bs[(4u * k4 + j) * 16u + nn / 4u][nn % 4u] = w[j]; }
         } else {  // (K, N): 4 consecutive n of row k
             let kk = tid / 16u;
             let n4 = tid % 16u;
             let gk = k0 + kk;
             var w = z;
-            if (gk < p.k && col0 + 4u * n4 < p.n) { w = b4[(b0 + gk * p.n + col0 + 4u * n4) / 4u]; }
+            if (gk < p.k && col0 + 4u * n4 < p.n) { w = b4[(b0 + gk * p.ldb + col0 + 4u * n4) / 4u]; }
             Bs[kk * 16u + n4] = w;
         }
         workgroupBarrier();

@@ -561,8 +561,9 @@ fn linear_cross_entropy_over_a_packed_head() {
 /// 64 KiB per binding (`WgpuBackend::with_binding_limit`) stands in for a 128k-vocabulary table on
 /// a 128 MiB device: every weight here needs 2-3 pieces (asserted), including an f32 weight (host
 /// f32 split the same way) and NF4 with double quantization (pieces on nested-block boundaries).
-/// Embedding lookups, quant_linear (+ bias), its input gradient and the cross-entropy over a split
-/// head must equal the unsplit CPU results (same bounds as the unsplit tests).
+/// Embedding lookups, full decodes (their f32 output bound in windows), quant_linear (+ bias), its
+/// input gradient and the cross-entropy over a split head must equal the unsplit CPU results (same
+/// bounds as the unsplit tests).
 #[test]
 fn weights_larger_than_a_binding_are_split_in_row_pieces() {
     use loraforge::quant::ggml::{GgmlMatrix, GgmlType};
@@ -580,6 +581,13 @@ fn weights_larger_than_a_binding_are_split_in_row_pieces() {
     let mut w = |n: usize| rand_f32(&mut rng, n, -1.0, 1.0);
     let (r, k) = (1000, 96);
     cases.push(("q8_0", r, k, Arc::new(GgmlMatrix::quantize(GgmlType::Q8_0, r, k, &w(r * k)).unwrap())));
+    // 416 columns: decode windows of 39 rows, so windows start mid-alignment (base != 0).
+    cases.push((
+        "q8_0 416",
+        200,
+        416,
+        Arc::new(GgmlMatrix::quantize(GgmlType::Q8_0, 200, 416, &w(200 * 416)).unwrap()),
+    ));
     cases.push(("int8", r, k, Arc::new(Int8Matrix::quantize(&w(r * k), r, k).unwrap())));
     cases.push(("f32", 300, k, Arc::new(F32Matrix { data: w(300 * k), rows: 300, cols: k })));
     cases.push(("q4_k", 300, 512, Arc::new(GgmlMatrix::quantize(GgmlType::Q4_K, 300, 512, &w(300 * 512)).unwrap())));
@@ -598,6 +606,13 @@ fn weights_larger_than_a_binding_are_split_in_row_pieces() {
             &cdown(&c.embedding_quant(&ids, &cq).unwrap()),
             Tol { abs: 1e-7, rel: 1e-6 },
             &format!("{name} embedding_quant"),
+        );
+        // Every row decoded: the f32 output (4-8x the packed bytes) is written in windows.
+        assert_close(
+            &down(&g, &g.dequantize(&gq).unwrap()),
+            &cdown(&c.dequantize(&cq).unwrap()),
+            Tol { abs: 1e-7, rel: 1e-6 },
+            &format!("{name} dequantize"),
         );
         let bias = rand_f32(&mut rng, rows, -1.0, 1.0);
         for n in [1, 5] {
@@ -629,6 +644,105 @@ fn weights_larger_than_a_binding_are_split_in_row_pieces() {
         }
         println!("{name}: {} pieces, lookups / matmuls / gradients match the CPU", gq.pieces());
     }
+}
+
+/// Trainable tensors larger than one storage binding (the embedding, head, their gradients and
+/// AdamW state in a full fine-tune of a 128k-vocabulary model) live in one buffer and are bound in
+/// windows. A backend capped at 64 KiB per binding stands in for a 128 MiB device; the cap is
+/// enforced by `dispatch` (a whole binding over it is an error), so every op that succeeds here
+/// bound its large operands in windows. Shapes: C = 37 (windows start mid-row and at unaligned
+/// element offsets: scalar matmul loads) and C = 40 (vec4 loads), V = 1001 (3 windows and a
+/// partial). Each result must equal the CPU's with the unsplit tests' bounds.
+#[test]
+fn trainable_tensors_larger_than_a_binding_are_bound_in_windows() {
+    if gpu().is_none() {
+        println!("SKIP: no wgpu adapter (set LORAFORGE_ALLOW_SOFTWARE_ADAPTER=1)");
+        return;
+    }
+    let g = WgpuBackend::with_binding_limit(64 << 10).unwrap();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(37);
+    let exact = Tol { abs: 0.0, rel: 0.0 };
+    // Flat ops over 50 003 elements (~200 KB: 4 windows).
+    let n = 50_003;
+    let (a, b) = (rand_f32(&mut rng, n, -1.0, 1.0), rand_f32(&mut rng, n, -1.0, 1.0));
+    let (ga, gb) = (up(&g, &a), up(&g, &b));
+    let (ca, cb) = (c.upload(&a).unwrap(), c.upload(&b).unwrap());
+    assert_close(&down(&g, &g.add(&ga, &gb).unwrap()), &cdown(&c.add(&ca, &cb).unwrap()), exact, "add");
+    assert_close(&down(&g, &g.mul(&ga, &gb).unwrap()), &cdown(&c.mul(&ca, &cb).unwrap()), exact, "mul");
+    assert_close(&down(&g, &g.scale(&ga, 0.3).unwrap()), &cdown(&c.scale(&ca, 0.3).unwrap()), exact, "scale");
+    let (mut gd, mut cd) = (up(&g, &a), c.upload(&a).unwrap());
+    g.add_assign(&mut gd, &gb).unwrap();
+    c.add_assign(&mut cd, &cb).unwrap();
+    g.scale_in_place(&mut gd, -1.5).unwrap();
+    c.scale_in_place(&mut cd, -1.5).unwrap();
+    assert_close(&down(&g, &gd), &cdown(&cd), exact, "add_assign, scale_in_place");
+    // Sum of squares: partials of 4096 in f32, then f64 (as the unsplit test).
+    let (gn, cn) = (g.grad_norm_sq(&[&ga, &gb]).unwrap(), c.grad_norm_sq(&[&ca, &cb]).unwrap());
+    assert!((gn - cn).abs() <= 1e-5 * cn, "grad_norm_sq {gn} vs {cn}");
+    let p = AdamWParams { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, step: 3 };
+    let (mut gp, mut gm, mut gv) = (up(&g, &a), g.zeros(n).unwrap(), g.zeros(n).unwrap());
+    let (mut cp, mut cm, mut cv) = (c.upload(&a).unwrap(), c.zeros(n).unwrap(), c.zeros(n).unwrap());
+    for _ in 0..2 {
+        g.adamw_step(&mut gp, &gb, &mut gm, &mut gv, &p).unwrap();
+        c.adamw_step(&mut cp, &cb, &mut cm, &mut cv, &p).unwrap();
+    }
+    // The unsplit adamw test's bound (f32 update vs the spec's f64 rounded once).
+    let tol = Tol { abs: 1e-6, rel: 1e-5 };
+    assert_close(&down(&g, &gp), &cdown(&cp), tol, "adamw param");
+    assert_close(&down(&g, &gv), &cdown(&cv), tol, "adamw v");
+
+    for cc in [37usize, 40] {
+        let v = 1001;
+        let w = rand_f32(&mut rng, v * cc, -1.0, 1.0);
+        let (gw, cw) = (up(&g, &w), c.upload(&w).unwrap());
+        // Lookups and the scatter-add of their gradient, ids in every window, repeated, both ends.
+        let ids: Vec<u32> = [0u32, 1000, 500, 3, 1000, 444, 445, 999, 0, 700, 701, 702].to_vec();
+        let got = down(&g, &g.embedding(&ids, &gw, cc).unwrap());
+        assert_close(&got, &cdown(&c.embedding(&ids, &cw, cc).unwrap()), exact, &format!("embedding C={cc}"));
+        let dout = rand_f32(&mut rng, ids.len() * cc, -1.0, 1.0);
+        let got = down(&g, &g.embedding_backward(&up(&g, &dout), &ids, v, cc).unwrap());
+        let want = cdown(&c.embedding_backward(&c.upload(&dout).unwrap(), &ids, v, cc).unwrap());
+        assert_close(&got, &want, exact, &format!("embedding_backward C={cc}"));
+        // A linear layer over the whole head (+ bias): logits for generation.
+        let m = 3;
+        let x = rand_f32(&mut rng, m * cc, -1.0, 1.0);
+        let bias = rand_f32(&mut rng, v, -1.0, 1.0);
+        let d = MatmulDims::linear(m, v, cc);
+        let got = down(&g, &g.matmul(&up(&g, &x), &gw, Some(&up(&g, &bias)), d).unwrap());
+        let want = cdown(&c.matmul(&c.upload(&x).unwrap(), &cw, Some(&c.upload(&bias).unwrap()), d).unwrap());
+        assert_close(&got, &want, Tol { abs: 3e-5, rel: 1e-5 }, &format!("linear over a split head C={cc}"));
+        // The cross-entropy over the trainable head: loss, dh and dW.
+        for softcap in [None, Some(5.0f32)] {
+            let nt = 9;
+            let h = rand_f32(&mut rng, nt * cc, -1.0, 1.0);
+            let t: Vec<i32> = (0..nt).map(|i| if i == 4 { -100 } else { rng.below(v as _) as i32 }).collect();
+            let (gs, gdh, gdw) =
+                g.linear_cross_entropy(&up(&g, &h), &gw, &t, nt, cc, v, softcap, Some(0.5), true).unwrap();
+            let (cs, cdh, cdw) =
+                c.linear_cross_entropy(&c.upload(&h).unwrap(), &cw, &t, nt, cc, v, softcap, Some(0.5), true).unwrap();
+            assert!((gs.loss_sum - cs.loss_sum).abs() <= 1e-5 * cs.loss_sum.abs(), "{} {}", gs.loss_sum, cs.loss_sum);
+            // dh sums V = 1001 products: as the split frozen head's bound.
+            let what = format!("split trainable head C={cc} softcap={softcap:?}");
+            assert_close(
+                &down(&g, &gdh.unwrap()),
+                &cdown(&cdh.unwrap()),
+                Tol { abs: 1e-3, rel: 1e-4 },
+                &format!("{what} dh"),
+            );
+            assert_close(
+                &down(&g, &gdw.unwrap()),
+                &cdown(&cdw.unwrap()),
+                Tol { abs: 1e-5, rel: 1e-4 },
+                &format!("{what} dW"),
+            );
+        }
+    }
+    // An op with no windowed path refuses a tensor over the binding with an error naming it.
+    let big = up(&g, &vec![1.0; 40 * 1001]);
+    let err = g.rms_norm(&big, &up(&g, &[1.0; 40]), 1001, 40, 1e-5, false).err().expect("over the binding").to_string();
+    assert!(err.contains("rms_norm") && err.contains("storage binding"), "{err}");
+    println!("flat ops, embedding, linear and cross-entropy over 64 KiB windows match the CPU; {err}");
 }
 
 /// NF4 quantization on the device (nf4_quantize.wgsl, reciprocals and double quantization of the

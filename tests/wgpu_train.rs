@@ -80,6 +80,49 @@ fn compare(quant: Option<u32>, tag: &str) {
     assert!(cpu[4].0 < cpu[0].0, "the run should learn: {cpu:?}");
 }
 
+/// Full fine-tuning on a device whose storage bindings (capped at 128 KiB) are smaller than the
+/// tied embedding (521 x 128 f32 = 261 KiB), as a 128k-vocabulary model is on a 128 MiB device:
+/// the embedding, its gradient (from the lookup and from the head), the AdamW moments, gradient
+/// clipping and the cross-entropy over it all run in windows (`dispatch` refuses any whole binding
+/// over the cap), and five steps give the CPU's losses and gradient norms (bounds as above).
+#[test]
+fn full_fine_tune_with_an_embedding_larger_than_a_binding_matches_cpu() {
+    if gpu().is_none() {
+        return;
+    }
+    let cpu = full_steps(CpuBackend::new(), "cpu");
+    let wgpu = full_steps(WgpuBackend::with_binding_limit(128 << 10).unwrap(), "gpu");
+    for (i, ((lc, gc), (lg, gg))) in cpu.iter().zip(&wgpu).enumerate() {
+        println!("full step {}: loss cpu {lc:.8} wgpu {lg:.8}; grad_norm cpu {gc:.6} wgpu {gg:.6}", i + 1);
+        assert!((lc - lg).abs() <= 1e-4 * lc.abs(), "step {}: loss {lc} vs {lg}", i + 1);
+        assert!((gc - gg).abs() <= 1e-3 * gc.abs().max(1e-3), "step {}: grad norm {gc} vs {gg}", i + 1);
+    }
+    assert!(cpu[4].0 < cpu[0].0, "the run should learn: {cpu:?}");
+}
+
+/// (loss, grad_norm) of 5 full fine-tuning steps (vocabulary 521, gradient clipping at 0.5).
+fn full_steps<B: Backend>(be: B, tag: &str) -> Vec<(f64, f64)> {
+    use loraforge::train::args::FinetuningType;
+    let out = std::env::temp_dir().join(format!("loraforge-wgpu-full-{tag}-{}", std::process::id()));
+    let mut a = synthetic_args(&out);
+    a.finetuning_type = FinetuningType::Full;
+    a.cutoff_len = 48;
+    a.per_device_train_batch_size = 2;
+    a.learning_rate = 1e-3;
+    a.max_grad_norm = 0.5;
+    a.max_steps = Some(5);
+    let mut cfg = config();
+    cfg.vocab_size = 521;
+    let spec = adapter_spec(&a).unwrap();
+    let model = random_model(&be, &cfg, &spec).unwrap();
+    let data = synthetic_data(cfg.vocab_size, 8, 48, 5);
+    let parts = ModelParts { model, cfg, chat: None, base: a.model_name_or_path.clone(), base_fingerprint: None };
+    let mut t = Trainer::from_parts(be, a, Vec::new(), parts, Some(data)).unwrap();
+    let v = (0..5).map(|_| t.step().map(|r| (r.loss, r.grad_norm)).unwrap()).collect();
+    let _ = std::fs::remove_dir_all(&out);
+    v
+}
+
 #[test]
 fn lora_five_steps_match_cpu() {
     compare(None, "lora");

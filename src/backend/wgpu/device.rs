@@ -210,7 +210,10 @@ impl Ctx {
                 *g = Some(format!("{reason:?}{}", if msg.is_empty() { String::new() } else { format!(": {msg}") }));
             }
         });
-        let max_buffer = limits.max_buffer_size.min(limits.max_storage_buffer_binding_size);
+        let mut max_buffer = limits.max_buffer_size.min(limits.max_storage_buffer_binding_size);
+        if let Some(cap) = opts.binding_cap {
+            max_buffer = max_buffer.min(cap);
+        }
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("loraforge.dummy"),
             size: 16,
@@ -272,15 +275,30 @@ impl Ctx {
         Ok(self.pool.get(&self.device, bytes))
     }
 
-    /// The bytes of `n` 4-byte elements, or an error when the device is lost or they exceed one binding.
+    /// Byte alignment of a storage binding's offset (where a window of a large tensor may start).
+    /// A capped test device uses 256, WebGPU's largest allowed value (valid everywhere, as every
+    /// adapter's alignment is a power of two up to it), so tests on lavapipe (16) also meet
+    /// windows that start mid-row.
+    pub fn binding_align(&self) -> u64 {
+        if self.binding_cap.is_some() {
+            return 256;
+        }
+        (self.limits.min_storage_buffer_offset_alignment as u64).max(16)
+    }
+
+    /// The bytes of `n` 4-byte elements, or an error when the device is lost or they exceed the
+    /// adapter's largest buffer. A tensor larger than one storage binding is allowed: the ops
+    /// that meet one (the embedding and head of a full fine-tune, their gradients and optimizer
+    /// state) bind it in windows; any other op says it cannot (pipelines.rs `dispatch`).
     fn check_alloc(&self, op: &'static str, n: usize) -> Result<u64> {
         self.check_lost()?;
         let bytes = (n as u64 * 4).max(4);
-        if bytes > self.max_binding() {
+        let max = self.limits.max_buffer_size;
+        if bytes > max {
             return Err(Error::OutOfMemory {
-                device: format!("{} (max storage binding; op {op})", self.info.name),
+                device: format!("{} (max buffer size; op {op})", self.info.name),
                 need: bytes,
-                available: self.max_binding(),
+                available: max,
             });
         }
         Ok(bytes)

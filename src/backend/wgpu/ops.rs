@@ -10,7 +10,7 @@
 //! F32, ...) or packed data larger than one binding, and `row_norms` (DoRA only) downloads and
 //! computes on the host.
 
-use super::pipelines::{dispatch, grid_1d, Bind};
+use super::pipelines::{dispatch, grid_1d, Bind, Buf};
 use super::pool::PooledBuffer;
 use super::WgpuBackend;
 use crate::backend::cpu::attention::AttnParams;
@@ -106,6 +106,26 @@ const CE_SCRATCH_BYTES: usize = 64 << 20;
 /// Elements per `sum_sq` workgroup (reduce.wgsl `CHUNK`).
 const SUM_SQ_CHUNK: usize = 4096;
 
+/// Row strides (elements) of A, B and C as stored, for matmul.wgsl.
+#[derive(Clone, Copy)]
+struct Lds {
+    a: usize,
+    b: usize,
+    c: usize,
+}
+
+impl Lds {
+    /// The strides of contiguous operands of `d`.
+    fn contiguous(d: &MatmulDims) -> Self {
+        Lds { a: if d.trans_a { d.m } else { d.k }, b: if d.trans_b { d.k } else { d.n }, c: d.n }
+    }
+}
+
+/// Elements [e0, e0 + len) of `buf` as a binding (e0 aligned by the caller).
+fn span(buf: &wgpu::Buffer, e0: usize, len: usize) -> Buf<'_> {
+    Buf::at(buf, e0 as u64 * 4, len as u64 * 4)
+}
+
 fn bad(op: &'static str, msg: String) -> Error {
     Error::InvalidArgument { op, msg }
 }
@@ -136,12 +156,77 @@ impl WgpuBackend {
         self.ctx.record(|enc| enc.clear_buffer(s.b(), 0, None));
     }
 
+    /// Does a tensor of `n` f32 fit one storage binding?
+    fn fits(&self, n: usize) -> bool {
+        (n as u64) * 4 <= self.ctx.max_binding()
+    }
+
+    /// Elements per window of a flat split: the most that fit one binding, a multiple of the
+    /// binding offset alignment so every window starts aligned (and at element offset 0).
+    fn flat_window(&self) -> usize {
+        let a = self.ctx.binding_align();
+        ((self.ctx.max_binding() / a * a) / 4) as usize
+    }
+
+    /// [start, start + len) windows covering `n` elements: one when the tensor fits a binding.
+    fn flat_windows(&self, n: usize) -> Vec<(usize, usize)> {
+        if self.fits(n) {
+            return vec![(0, n)];
+        }
+        let w = self.flat_window();
+        (0..n).step_by(w).map(|e0| (e0, w.min(n - e0))).collect()
+    }
+
+    /// Windows of whole rows [r0, r0 + rows) of a (rows_total, c) matrix, each within one binding
+    /// even when its start is rounded down to the alignment (`window`); the row count is a
+    /// multiple of `mult` (for vec4 loads and aligned column offsets). One window when it fits.
+    fn row_windows(&self, op: &'static str, rows_total: usize, c: usize, mult: usize) -> Result<Vec<(usize, usize)>> {
+        if self.fits(rows_total * c) {
+            return Ok(vec![(0, rows_total)]);
+        }
+        let room = ((self.ctx.max_binding() - self.ctx.binding_align()) / 4) as usize;
+        let per = room / c.max(1) / mult * mult;
+        if per == 0 {
+            return Err(bad(op, format!("{mult} rows of {c} f32 do not fit one storage binding of this adapter")));
+        }
+        Ok((0..rows_total).step_by(per).map(|r0| (r0, per.min(rows_total - r0))).collect())
+    }
+
+    /// Elements [e0, e0 + len) of `buf` as a binding that starts at e0 rounded down to the
+    /// binding alignment, and the element offset of e0 inside it.
+    fn window<'a>(&self, buf: &'a wgpu::Buffer, e0: usize, len: usize) -> (Buf<'a>, usize) {
+        let a = self.ctx.binding_align();
+        let start = (e0 as u64 * 4) / a * a;
+        let rel = e0 - (start / 4) as usize;
+        (Buf::at(buf, start, ((rel + len) as u64 * 4).max(4)), rel)
+    }
+
+    /// An elementwise.wgsl entry whose operands are all indexed alike (add, mul, scale,
+    /// add_assign, scale_in_place), in windows of one binding when the tensor is larger;
+    /// `None` inputs are not read by the entry (bound to a dummy).
+    fn ew_flat(
+        &self,
+        entry: &'static str,
+        a: Option<&wgpu::Buffer>,
+        b: Option<&wgpu::Buffer>,
+        out: &wgpu::Buffer,
+        n: usize,
+        s: f32,
+    ) -> Result<()> {
+        let dummy = Buf::from(&self.ctx.dummy);
+        for (e0, len) in self.flat_windows(n) {
+            let (wa, wb) = (a.map_or(dummy, |x| span(x, e0, len)), b.map_or(dummy, |x| span(x, e0, len)));
+            self.ew(entry, wa, wb, span(out, e0, len), len, 1, s, 0)?;
+        }
+        Ok(())
+    }
+
     /// A product with no terms (K = 0): out (rows, n) = bias in every row, or 0.
     fn fill_bias(&self, out: &WgpuStorage, bias: Option<&WgpuStorage>, rows: usize, n: usize) -> Result<()> {
         self.clear(out);
         if let (Some(bias), true) = (bias, rows * n > 0) {
             let ones = self.upload(&vec![1.0; rows * n])?;
-            self.ew("mul_rows", ones.b(), bias.b(), out.b(), rows * n, n, 0.0, rows)?;
+            self.ew("mul_rows", ones.b().into(), bias.b().into(), out.b().into(), rows * n, n, 0.0, rows)?;
         }
         Ok(())
     }
@@ -238,7 +323,7 @@ impl WgpuBackend {
                 "quant_linear",
                 if gemv { "gemv" } else { "main" },
                 &ov,
-                &[Bind::R(a), Bind::R(pc.q.b()), Bind::R(pc.aux.b()), Bind::R(bias.unwrap_or(a)), Bind::W(out)],
+                &[Bind::r(a), Bind::r(pc.q.b()), Bind::r(pc.aux.b()), Bind::r(bias.unwrap_or(a)), Bind::w(out)],
                 &[
                     u(m),
                     u(nn),
@@ -280,33 +365,49 @@ impl WgpuBackend {
             None => self.zeros(1)?,
         };
         for pc in pieces {
-            let n_rows = if ids.is_some() { n_out } else { pc.rows };
-            let total = n_rows * w.cols;
-            if total == 0 {
-                continue;
+            // Lookups: one launch per piece into the (ids, cols) output. Every row: launches over
+            // windows of the output, which may exceed one binding where the packed piece did not.
+            let launches = match ids {
+                Some(_) => vec![(0, n_out, Buf::from(out.b()), 0)],
+                None => self
+                    .row_windows("dequantize", pc.rows, w.cols, 1)?
+                    .into_iter()
+                    .map(|(r0, rows)| {
+                        let (ob, base) = self.window(out.b(), (pc.r0 + r0) * w.cols, rows * w.cols);
+                        (r0, rows, ob, base)
+                    })
+                    .collect(),
+            };
+            for (row0, n_rows, ob, base) in launches {
+                let total = n_rows * w.cols;
+                if total == 0 {
+                    continue;
+                }
+                let groups = grid_1d(total.div_ceil(256));
+                dispatch(
+                    &self.ctx,
+                    "dequantize",
+                    "main",
+                    &[("FORMAT", *format as u32 as f64)],
+                    &[Bind::r(ids_buf.b()), Bind::r(pc.q.b()), Bind::r(pc.aux.b()), Bind::w(ob)],
+                    &[
+                        u(n_rows),
+                        u(w.cols),
+                        ids.is_some() as u32,
+                        groups.0,
+                        pc.params[0],
+                        pc.params[1],
+                        pc.params[2],
+                        pc.params[3],
+                        offset.to_bits(),
+                        u(pc.r0),
+                        u(pc.rows),
+                        u(row0),
+                        u(base),
+                    ],
+                    groups,
+                )?;
             }
-            let groups = grid_1d(total.div_ceil(256));
-            dispatch(
-                &self.ctx,
-                "dequantize",
-                "main",
-                &[("FORMAT", *format as u32 as f64)],
-                &[Bind::R(ids_buf.b()), Bind::R(pc.q.b()), Bind::R(pc.aux.b()), Bind::W(out.b())],
-                &[
-                    u(n_rows),
-                    u(w.cols),
-                    ids.is_some() as u32,
-                    groups.0,
-                    pc.params[0],
-                    pc.params[1],
-                    pc.params[2],
-                    pc.params[3],
-                    offset.to_bits(),
-                    u(pc.r0),
-                    u(pc.rows),
-                ],
-                groups,
-            )?;
         }
         Ok(out)
     }
@@ -346,6 +447,14 @@ impl WgpuBackend {
         if n == 0 {
             return Ok((CeStats { loss_sum: 0.0, count }, dh, dw));
         }
+        // A dense head larger than one binding (a fully tuned embedding or lm_head) is read, and
+        // its gradient written, one window of head rows at a time: logits columns, dh and dW row
+        // blocks per window (matmul.wgsl row strides). Rows per window are a multiple of 4 so the
+        // column offsets keep vec4 loads aligned.
+        let windows = match head {
+            Head::Dense(_) => self.row_windows(OP, v, c, 4)?,
+            Head::Packed(_) => Vec::new(),
+        };
         let scratch = CE_SCRATCH_BYTES.min(self.ctx.max_binding() as usize);
         let chunk = (scratch / (4 * v.max(1))).clamp(1, 256).min(n);
         let logits = self.alloc(OP, chunk * v)?;
@@ -356,16 +465,16 @@ impl WgpuBackend {
             let rows = chunk.min(n - r0);
             // logits (rows, V) = h[r0..r0+rows] (rows, C) · Wᵀ
             match head {
-                Head::Dense(w) => self.matmul_into(
-                    logits.b(),
-                    h.b(),
-                    w.b(),
-                    None,
-                    MatmulDims::linear(rows, v, c),
-                    (r0 * c, 0, 0),
-                    rows * v,
-                    false,
-                )?,
+                Head::Dense(w) => {
+                    for &(p0, pr) in &windows {
+                        // logits[:, p0..p0+pr] = h[r0..] · W[p0..p0+pr]ᵀ
+                        let (wb, rel) = self.window(w.b(), p0 * c, pr * c);
+                        let lds = Lds { a: c, b: c, c: v };
+                        let d = MatmulDims::linear(rows, pr, c);
+                        let offs = (r0 * c, rel, p0);
+                        self.matmul_view(logits.b().into(), h.b().into(), wb, None, d, offs, lds, rows * v, false)?;
+                    }
+                }
                 Head::Packed(w) => self.quant_matmul_into(logits.b(), 0, v, h.b(), r0 * c, c, w, None, rows, false)?,
             }
             dispatch(
@@ -373,7 +482,7 @@ impl WgpuBackend {
                 OP,
                 "main",
                 &[],
-                &[Bind::R(tb.b()), Bind::W(logits.b()), Bind::W(loss.b())],
+                &[Bind::r(tb.b()), Bind::w(logits.b()), Bind::w(loss.b())],
                 &[
                     u(rows),
                     u(v),
@@ -387,25 +496,48 @@ impl WgpuBackend {
             if let Some(dh) = &dh {
                 // dh[r0..] (rows, C) = dz (rows, V) · W (V, C)
                 match head {
-                    Head::Dense(w) => self.matmul_into(
-                        dh.b(),
-                        logits.b(),
-                        w.b(),
-                        None,
-                        MatmulDims::new(rows, c, v),
-                        (0, 0, r0 * c),
-                        rows * c,
-                        false,
-                    )?,
+                    Head::Dense(w) => {
+                        for (i, &(p0, pr)) in windows.iter().enumerate() {
+                            // dh[r0..] (+)= dz[:, p0..p0+pr] · W[p0..p0+pr]
+                            let (wb, rel) = self.window(w.b(), p0 * c, pr * c);
+                            let lds = Lds { a: v, b: c, c };
+                            let (d, offs) = (MatmulDims::new(rows, c, pr), (p0, rel, r0 * c));
+                            self.matmul_view(
+                                dh.b().into(),
+                                logits.b().into(),
+                                wb,
+                                None,
+                                d,
+                                offs,
+                                lds,
+                                rows * c,
+                                i > 0,
+                            )?;
+                        }
+                    }
                     Head::Packed(w) => {
                         self.quant_matmul_into(dh.b(), r0 * c, c, logits.b(), 0, v, w, None, rows, true)?
                     }
                 }
             }
             if let Some(dw) = &dw {
-                // dW (V, C) += dzᵀ (V, rows) · h[r0..] (rows, C)
-                let d = MatmulDims { trans_a: true, ..MatmulDims::new(v, c, rows) };
-                self.matmul_into(dw.b(), logits.b(), h.b(), None, d, (0, r0 * c, 0), v * c, true)?;
+                for &(p0, pr) in &windows {
+                    // dW[p0..p0+pr] (pr, C) += dz[:, p0..p0+pr]ᵀ · h[r0..] (rows, C)
+                    let (db, rel) = self.window(dw.b(), p0 * c, pr * c);
+                    let d = MatmulDims { trans_a: true, ..MatmulDims::new(pr, c, rows) };
+                    let lds = Lds { a: v, b: c, c };
+                    self.matmul_view(
+                        db,
+                        logits.b().into(),
+                        h.b().into(),
+                        None,
+                        d,
+                        (p0, r0 * c, rel),
+                        lds,
+                        pr * c,
+                        true,
+                    )?;
+                }
             }
             r0 += rows;
         }
@@ -419,9 +551,9 @@ impl WgpuBackend {
     fn ew(
         &self,
         entry: &'static str,
-        a: &wgpu::Buffer,
-        b: &wgpu::Buffer,
-        out: &wgpu::Buffer,
+        a: Buf<'_>,
+        b: Buf<'_>,
+        out: Buf<'_>,
         n: usize,
         c: usize,
         s: f32,
@@ -432,7 +564,7 @@ impl WgpuBackend {
             "elementwise",
             entry,
             &[],
-            &[Bind::R(a), Bind::R(b), Bind::W(out)],
+            &[Bind::r(a), Bind::r(b), Bind::w(out)],
             &[u(n), u(c), s.to_bits(), u(rows)],
             grid_1d(n.div_ceil(256)),
         )
@@ -453,6 +585,26 @@ impl WgpuBackend {
         out_bs: usize,
         accumulate: bool,
     ) -> Result<()> {
+        let lds = Lds::contiguous(&d);
+        self.matmul_view(out.into(), a.into(), b.into(), bias.map(Buf::from), d, offs, lds, out_bs, accumulate)
+    }
+
+    /// `matmul_into` on bindings that may be windows of larger buffers (offsets are relative to
+    /// the binding), with explicit row strides: C may be a column block of a wider matrix, A and B
+    /// column blocks or row windows of theirs.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_view(
+        &self,
+        out: Buf<'_>,
+        a: Buf<'_>,
+        b: Buf<'_>,
+        bias: Option<Buf<'_>>,
+        d: MatmulDims,
+        offs: (usize, usize, usize),
+        lds: Lds,
+        out_bs: usize,
+        accumulate: bool,
+    ) -> Result<()> {
         let ov = [("TRANS_A", d.trans_a as u32 as f64), ("TRANS_B", d.trans_b as u32 as f64)];
         let groups = |batch: usize| ((d.n.div_ceil(64)) as u32, (d.m.div_ceil(64)) as u32, batch as u32);
         // 16-byte loads when every row of A and B starts 16-byte aligned and no vec4 straddles the
@@ -460,7 +612,7 @@ impl WgpuBackend {
         let a_row = if d.trans_a { d.m } else { d.k };
         let b_row = if d.trans_b { d.k } else { d.n };
         let aligned = self.ctx.vec4_loads
-            && [a_row, b_row, d.k, offs.0, offs.1, d.a_stride, d.b_stride].iter().all(|x| x % 4 == 0);
+            && [a_row, b_row, d.k, offs.0, offs.1, d.a_stride, d.b_stride, lds.a, lds.b].iter().all(|x| x % 4 == 0);
         let entry = if aligned { "main_vec4" } else { "main" };
         let launch = |a_off: usize, b_off: usize, c_off: usize, batch: usize, acc: bool| {
             dispatch(
@@ -468,7 +620,7 @@ impl WgpuBackend {
                 "matmul",
                 entry,
                 &ov,
-                &[Bind::R(a), Bind::R(b), Bind::R(bias.unwrap_or(a)), Bind::W(out)],
+                &[Bind::r(a), Bind::r(b), Bind::r(bias.unwrap_or(a)), Bind::w(out)],
                 &[
                     u(d.m),
                     u(d.n),
@@ -481,6 +633,9 @@ impl WgpuBackend {
                     u(out_bs),
                     bias.is_some() as u32,
                     acc as u32,
+                    u(lds.a),
+                    u(lds.b),
+                    u(lds.c),
                 ],
                 groups(batch),
             )
@@ -584,7 +739,7 @@ impl WgpuBackend {
         }
         let out = self.alloc(op, x.len)?;
         if cfg.rotary_dim == 0 {
-            self.ew("scale", x.b(), x.b(), out.b(), x.len, 1, 1.0, 0)?;
+            self.ew_flat("scale", Some(x.b()), None, out.b(), x.len, 1.0)?;
             return Ok(out);
         }
         let cs = self.rope_table(positions, cfg)?;
@@ -593,7 +748,7 @@ impl WgpuBackend {
             "rope",
             "main",
             &[],
-            &[Bind::R(x.b()), Bind::R(cs.b()), Bind::W(out.b())],
+            &[Bind::r(x.b()), Bind::r(cs.b()), Bind::w(out.b())],
             &[
                 u(x.len),
                 u(nh),
@@ -618,7 +773,7 @@ impl WgpuBackend {
             "dropout",
             "main",
             &[],
-            &[Bind::R(x.b()), Bind::W(out.b())],
+            &[Bind::r(x.b()), Bind::w(out.b())],
             &[
                 u(x.len),
                 seed as u32,
@@ -711,7 +866,7 @@ impl Backend for WgpuBackend {
             "nf4_quantize",
             "absmax",
             &[],
-            &[Bind::R(x.b()), Bind::R(x.b()), Bind::W(am.b())],
+            &[Bind::r(x.b()), Bind::r(x.b()), Bind::w(am.b())],
             &params,
             groups,
         )?;
@@ -736,7 +891,7 @@ impl Backend for WgpuBackend {
             "nf4_quantize",
             "codes",
             &[],
-            &[Bind::R(x.b()), Bind::R(tab.b()), Bind::W(words.b())],
+            &[Bind::r(x.b()), Bind::r(tab.b()), Bind::w(words.b())],
             &params,
             grid_1d(n_words.div_ceil(256)),
         )?;
@@ -784,7 +939,7 @@ impl Backend for WgpuBackend {
         match &q.repr {
             QuantRepr::Dense(w) => {
                 let out = self.alloc("dequantize", w.len)?;
-                self.ew("scale", w.b(), w.b(), out.b(), w.len, 1, 1.0, 0)?;
+                self.ew_flat("scale", Some(w.b()), None, out.b(), w.len, 1.0)?;
                 Ok(out)
             }
             QuantRepr::Packed { .. } => self.decode_rows(q, None),
@@ -801,36 +956,36 @@ impl Backend for WgpuBackend {
     fn add(&self, a: &WgpuStorage, b: &WgpuStorage) -> Result<WgpuStorage> {
         check_len("add", "rhs", b, a.len)?;
         let out = self.alloc("add", a.len)?;
-        self.ew("add", a.b(), b.b(), out.b(), a.len, 1, 0.0, 0)?;
+        self.ew_flat("add", Some(a.b()), Some(b.b()), out.b(), a.len, 0.0)?;
         Ok(out)
     }
     fn add_assign(&self, dst: &mut WgpuStorage, src: &WgpuStorage) -> Result<()> {
         check_len("add_assign", "src", src, dst.len)?;
-        self.ew("add_assign", src.b(), src.b(), dst.b(), dst.len, 1, 0.0, 0)
+        self.ew_flat("add_assign", Some(src.b()), None, dst.b(), dst.len, 0.0)
     }
     fn mul(&self, a: &WgpuStorage, b: &WgpuStorage) -> Result<WgpuStorage> {
         check_len("mul", "rhs", b, a.len)?;
         let out = self.alloc("mul", a.len)?;
-        self.ew("mul", a.b(), b.b(), out.b(), a.len, 1, 0.0, 0)?;
+        self.ew_flat("mul", Some(a.b()), Some(b.b()), out.b(), a.len, 0.0)?;
         Ok(out)
     }
     fn scale(&self, a: &WgpuStorage, s: f32) -> Result<WgpuStorage> {
         let out = self.alloc("scale", a.len)?;
-        self.ew("scale", a.b(), a.b(), out.b(), a.len, 1, s, 0)?;
+        self.ew_flat("scale", Some(a.b()), None, out.b(), a.len, s)?;
         Ok(out)
     }
     fn mul_rows(&self, x: &WgpuStorage, v: &WgpuStorage, rows: usize, c: usize) -> Result<WgpuStorage> {
         check_len("mul_rows", "x", x, rows * c)?;
         check_len("mul_rows", "v", v, c)?;
         let out = self.alloc("mul_rows", x.len)?;
-        self.ew("mul_rows", x.b(), v.b(), out.b(), x.len, c.max(1), 0.0, rows)?;
+        self.ew("mul_rows", x.b().into(), v.b().into(), out.b().into(), x.len, c.max(1), 0.0, rows)?;
         Ok(out)
     }
     fn mul_rows_backward_v(&self, dy: &WgpuStorage, x: &WgpuStorage, rows: usize, c: usize) -> Result<WgpuStorage> {
         check_len("mul_rows_backward_v", "dy", dy, rows * c)?;
         check_len("mul_rows_backward_v", "x", x, rows * c)?;
         let out = self.alloc("mul_rows_backward_v", c)?;
-        self.ew("mul_rows_backward_v", dy.b(), x.b(), out.b(), c, c, 0.0, rows)?;
+        self.ew("mul_rows_backward_v", dy.b().into(), x.b().into(), out.b().into(), c, c, 0.0, rows)?;
         Ok(out)
     }
 
@@ -852,6 +1007,20 @@ impl Backend for WgpuBackend {
         let out = self.alloc("matmul", d.batch * d.m * d.n)?;
         if d.k == 0 {
             self.fill_bias(&out, bias, d.batch * d.m, d.n)?;
+            return Ok(out);
+        }
+        if d.trans_b && d.batch == 1 && !self.fits(b.len) {
+            // A linear layer over a weight larger than one binding (the logits of a fully tuned
+            // head): one launch per window of weight rows, each filling its columns of C. Windows
+            // are a multiple of the offset alignment in rows, so the bias window starts aligned.
+            let mult = (self.ctx.binding_align() / 4) as usize;
+            for (n0, nn) in self.row_windows("matmul", d.n, d.k, mult)? {
+                let (wb, rel) = self.window(b.b(), n0 * d.k, nn * d.k);
+                let bw = bias.map(|x| span(x.b(), n0, nn));
+                let dd = MatmulDims { n: nn, ..d };
+                let lds = Lds::contiguous(&d);
+                self.matmul_view(out.b().into(), a.b().into(), wb, bw, dd, (0, rel, n0), lds, d.m * d.n, false)?;
+            }
             return Ok(out);
         }
         self.matmul_into(out.b(), a.b(), b.b(), bias.map(|b| b.b()), d, (0, 0, 0), d.m * d.n, false)?;
@@ -945,7 +1114,7 @@ impl Backend for WgpuBackend {
                 "reduce",
                 "col_sum",
                 &[],
-                &[Bind::R(dc.b()), Bind::W(out.b())],
+                &[Bind::r(dc.b()), Bind::w(out.b())],
                 &[u(rows), u(n), 0, 0],
                 grid_1d(n.div_ceil(256)),
             )?;
@@ -1024,7 +1193,7 @@ impl Backend for WgpuBackend {
             "rms_norm",
             "main",
             &[],
-            &[Bind::R(x.b()), Bind::R(w.b()), Bind::W(out.b()), Bind::W(rstd.b())],
+            &[Bind::r(x.b()), Bind::r(w.b()), Bind::w(out.b()), Bind::w(rstd.b())],
             &[u(rows), u(c), eps.to_bits(), add_one as u32],
             grid_1d(rows),
         )?;
@@ -1051,7 +1220,7 @@ impl Backend for WgpuBackend {
                 "rms_norm_backward",
                 entry,
                 &[],
-                &[Bind::R(dout.b()), Bind::R(x.b()), Bind::R(w.b()), Bind::R(rstd.b()), Bind::W(dst.b())],
+                &[Bind::r(dout.b()), Bind::r(x.b()), Bind::r(w.b()), Bind::r(rstd.b()), Bind::w(dst.b())],
                 &params,
                 groups,
             )
@@ -1107,12 +1276,12 @@ impl Backend for WgpuBackend {
             "main",
             &[],
             &[
-                Bind::R(q.b()),
-                Bind::R(k.b()),
-                Bind::R(v.b()),
-                Bind::R(seg.as_ref().map_or(q.b(), |s| s.b())),
-                Bind::W(out.b()),
-                Bind::W(lse.b()),
+                Bind::r(q.b()),
+                Bind::r(k.b()),
+                Bind::r(v.b()),
+                Bind::r(seg.as_ref().map_or(q.b(), |s| s.b())),
+                Bind::w(out.b()),
+                Bind::w(lse.b()),
             ],
             &Self::attn_params(p, seg.is_some()),
             grid_1d((p.b * p.h * p.t).div_ceil(64)),
@@ -1148,15 +1317,15 @@ impl Backend for WgpuBackend {
                 entry,
                 &[],
                 &[
-                    Bind::R(q.b()),
-                    Bind::R(k.b()),
-                    Bind::R(v.b()),
-                    Bind::R(dout.b()),
-                    Bind::R(lse.b()),
-                    Bind::R(sb),
-                    Bind::W(delta.b()),
-                    Bind::W(g0.b()),
-                    Bind::W(g1.b()),
+                    Bind::r(q.b()),
+                    Bind::r(k.b()),
+                    Bind::r(v.b()),
+                    Bind::r(dout.b()),
+                    Bind::r(lse.b()),
+                    Bind::r(sb),
+                    Bind::w(delta.b()),
+                    Bind::w(g0.b()),
+                    Bind::w(g1.b()),
                 ],
                 &params,
                 grid_1d(threads.div_ceil(64)),
@@ -1174,7 +1343,7 @@ impl Backend for WgpuBackend {
             "glu",
             "main",
             &[("GELU", gelu as u32 as f64)],
-            &[Bind::R(gate.b()), Bind::R(up.b()), Bind::W(out.b())],
+            &[Bind::r(gate.b()), Bind::r(up.b()), Bind::w(out.b())],
             &[u(gate.len)],
             grid_1d(gate.len.div_ceil(256)),
         )?;
@@ -1196,7 +1365,7 @@ impl Backend for WgpuBackend {
             "glu_backward",
             "main",
             &[("GELU", gelu as u32 as f64)],
-            &[Bind::R(dout.b()), Bind::R(gate.b()), Bind::R(up.b()), Bind::W(dg.b()), Bind::W(du.b())],
+            &[Bind::r(dout.b()), Bind::r(gate.b()), Bind::r(up.b()), Bind::w(dg.b()), Bind::w(du.b())],
             &[u(gate.len)],
             grid_1d(gate.len.div_ceil(256)),
         )?;
@@ -1218,16 +1387,26 @@ impl Backend for WgpuBackend {
             return Err(Error::IndexOutOfRange { op: "embedding", index: bad_id as usize, size: v });
         }
         let out = self.alloc("embedding", ids.len() * c)?;
+        if ids.is_empty() {
+            return Ok(out);
+        }
         let idb = self.upload_words("embedding", ids)?;
-        dispatch(
-            &self.ctx,
-            "embedding",
-            "main",
-            &[],
-            &[Bind::R(table.b()), Bind::R(idb.b()), Bind::W(out.b())],
-            &[u(ids.len() * c), u(c)],
-            grid_1d((ids.len() * c).div_ceil(256)),
-        )?;
+        // A table larger than one binding is read one window of rows per launch.
+        for (r0, rows) in self.row_windows("embedding", v, c, 1)? {
+            if !ids.iter().any(|&i| (i as usize).wrapping_sub(r0) < rows) {
+                continue;
+            }
+            let (tb, base) = self.window(table.b(), r0 * c, rows * c);
+            dispatch(
+                &self.ctx,
+                "embedding",
+                "main",
+                &[],
+                &[Bind::r(tb), Bind::r(idb.b()), Bind::w(out.b())],
+                &[u(ids.len() * c), u(c), u(r0), u(rows), u(base)],
+                grid_1d((ids.len() * c).div_ceil(256)),
+            )?;
+        }
         Ok(out)
     }
     fn embedding_quant(&self, ids: &[u32], table: &WgpuQuant) -> Result<WgpuStorage> {
@@ -1263,18 +1442,35 @@ impl Backend for WgpuBackend {
             }
         }
         start.push(order.len() as u32);
-        let nu = uniq.len();
-        let meta: Vec<u32> = uniq.into_iter().chain(start).chain(order).collect();
-        let mb = self.upload_words("embedding_backward", &meta)?;
-        dispatch(
-            &self.ctx,
-            "embedding_backward",
-            "main",
-            &[],
-            &[Bind::R(dout.b()), Bind::R(mb.b()), Bind::W(dt.b())],
-            &[u(nu), u(c)],
-            grid_1d((nu * c).div_ceil(256)),
-        )?;
+        // A table larger than one binding is written one window of rows per launch, each given
+        // the CSR of its own ids (rows relative to the window).
+        for (r0, rows) in self.row_windows("embedding_backward", v, c, 1)? {
+            let lo = uniq.partition_point(|&i| (i as usize) < r0);
+            let hi = uniq.partition_point(|&i| (i as usize) < r0 + rows);
+            if lo == hi {
+                continue;
+            }
+            let nu = hi - lo;
+            // start[] of the window's ids, re-based on its first position, then their positions.
+            let s0 = start[lo];
+            let meta: Vec<u32> = uniq[lo..hi]
+                .iter()
+                .map(|&i| i - r0 as u32)
+                .chain(start[lo..=hi].iter().map(|&k| k - s0))
+                .chain(order[s0 as usize..start[hi] as usize].iter().copied())
+                .collect();
+            let mb = self.upload_words("embedding_backward", &meta)?;
+            let (db, base) = self.window(dt.b(), r0 * c, rows * c);
+            dispatch(
+                &self.ctx,
+                "embedding_backward",
+                "main",
+                &[],
+                &[Bind::r(dout.b()), Bind::r(mb.b()), Bind::w(db)],
+                &[u(nu), u(c), u(base), 0],
+                grid_1d((nu * c).div_ceil(256)),
+            )?;
+        }
         Ok(dt)
     }
     fn linear_cross_entropy(
@@ -1333,42 +1529,58 @@ impl Backend for WgpuBackend {
         let step_size = p.lr / (1.0 - p.beta1.powi(t));
         let bc2_sqrt = (1.0 - p.beta2.powi(t)).sqrt();
         let f = |x: f64| (x as f32).to_bits();
-        dispatch(
-            &self.ctx,
-            "adamw",
-            "main",
-            &[],
-            &[Bind::R(grad.b()), Bind::W(param.b()), Bind::W(m.b()), Bind::W(v.b())],
-            &[
-                u(param.len),
-                f(decay),
-                f(step_size),
-                f(bc2_sqrt),
-                f(p.eps),
-                f(p.beta1),
-                f(1.0 - p.beta1),
-                f(p.beta2),
-                f(1.0 - p.beta2),
-            ],
-            grid_1d(param.len.div_ceil(256)),
-        )
+        // In windows of one binding for a tensor larger than one (a fully tuned embedding).
+        for (e0, len) in self.flat_windows(param.len) {
+            dispatch(
+                &self.ctx,
+                "adamw",
+                "main",
+                &[],
+                &[
+                    Bind::r(span(grad.b(), e0, len)),
+                    Bind::w(span(param.b(), e0, len)),
+                    Bind::w(span(m.b(), e0, len)),
+                    Bind::w(span(v.b(), e0, len)),
+                ],
+                &[
+                    u(len),
+                    f(decay),
+                    f(step_size),
+                    f(bc2_sqrt),
+                    f(p.eps),
+                    f(p.beta1),
+                    f(1.0 - p.beta1),
+                    f(p.beta2),
+                    f(1.0 - p.beta2),
+                ],
+                grid_1d(len.div_ceil(256)),
+            )?;
+        }
+        Ok(())
     }
     fn grad_norm_sq(&self, grads: &[&WgpuStorage]) -> Result<f64> {
-        let total: usize = grads.iter().map(|g| g.len.div_ceil(SUM_SQ_CHUNK)).sum();
+        // One partial per CHUNK elements of each window (a tensor larger than one binding is
+        // reduced in windows; the host sums every partial in f64).
+        let windows: Vec<(&WgpuStorage, usize, usize)> =
+            grads.iter().flat_map(|g| self.flat_windows(g.len).into_iter().map(move |(e0, n)| (*g, e0, n))).collect();
+        let total: usize = windows.iter().map(|w| w.2.div_ceil(SUM_SQ_CHUNK)).sum();
         if total == 0 {
             return Ok(0.0);
         }
         let parts = self.alloc("grad_norm_sq", total)?;
         let mut off = 0;
-        for g in grads {
-            let groups = g.len.div_ceil(SUM_SQ_CHUNK);
+        for (g, e0, n) in windows {
+            let groups = n.div_ceil(SUM_SQ_CHUNK);
+            if groups == 0 {
+                continue;
+            }
             dispatch(
                 &self.ctx,
                 "reduce",
                 "sum_sq",
                 &[],
-                &[Bind::R(g.b()), Bind::W(parts.b())],
-                &[u(g.len), 0, u(off), 0],
+                &[Bind::r(span(g.b(), e0, n)), Bind::w(parts.b())],
+                &[u(n), 0, u(off), 0],
                 grid_1d(groups),
             )?;
             off += groups;
@@ -1376,6 +1588,6 @@ impl Backend for WgpuBackend {
         Ok(self.download(&parts)?.iter().map(|&x| x as f64).sum())
     }
     fn scale_in_place(&self, s: &mut WgpuStorage, k: f32) -> Result<()> {
-        self.ew("scale_in_place", &self.ctx.dummy, &self.ctx.dummy, s.b(), s.len, 1, k, 0)
+        self.ew_flat("scale_in_place", None, None, s.b(), s.len, k)
     }
 }

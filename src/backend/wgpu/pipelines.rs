@@ -78,10 +78,46 @@ impl std::fmt::Display for KernelKey {
     }
 }
 
-/// A storage buffer argument.
+/// A storage buffer argument: a whole buffer, or a byte range of one (`Buf::at`).
 pub enum Bind<'a> {
-    R(&'a wgpu::Buffer),
-    W(&'a wgpu::Buffer),
+    R(Buf<'a>),
+    W(Buf<'a>),
+}
+
+impl<'a> Bind<'a> {
+    /// Read-only.
+    pub fn r(b: impl Into<Buf<'a>>) -> Self {
+        Bind::R(b.into())
+    }
+    /// Read-write.
+    pub fn w(b: impl Into<Buf<'a>>) -> Self {
+        Bind::W(b.into())
+    }
+}
+
+/// A buffer bound whole, or `bytes` bytes from byte `offset` (a window of a tensor larger than one
+/// storage binding; the offset is a multiple of the adapter's storage offset alignment).
+#[derive(Clone, Copy)]
+pub struct Buf<'a> {
+    pub buf: &'a wgpu::Buffer,
+    pub range: Option<(u64, u64)>,
+}
+
+impl<'a> From<&'a wgpu::Buffer> for Buf<'a> {
+    fn from(buf: &'a wgpu::Buffer) -> Self {
+        Buf { buf, range: None }
+    }
+}
+
+impl<'a> Buf<'a> {
+    pub fn at(buf: &'a wgpu::Buffer, offset: u64, bytes: u64) -> Self {
+        Buf { buf, range: Some((offset, bytes)) }
+    }
+
+    /// (offset, bytes) this binding covers.
+    fn span(&self) -> (u64, u64) {
+        self.range.unwrap_or((0, self.buf.size()))
+    }
 }
 
 struct Compiled {
@@ -229,16 +265,29 @@ pub fn dispatch(
         contents: bytemuck::cast_slice(&words),
         usage: wgpu::BufferUsages::UNIFORM,
     });
-    let mut entries: Vec<wgpu::BindGroupEntry> = binds
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let buf = match b {
-                Bind::R(b) | Bind::W(b) => *b,
-            };
-            wgpu::BindGroupEntry { binding: i as u32, resource: buf.as_entire_binding() }
-        })
-        .collect();
+    let max = ctx.max_binding();
+    let mut entries: Vec<wgpu::BindGroupEntry> = Vec::with_capacity(binds.len() + 1);
+    for (i, b) in binds.iter().enumerate() {
+        let (Bind::R(b) | Bind::W(b)) = b;
+        let (offset, bytes) = b.span();
+        // A launcher that binds a tensor larger than one binding whole has no windowed path:
+        // say so (wgpu would report a validation error with no op in it, or on a capped test
+        // device, nothing at all).
+        if bytes > max {
+            return Err(Error::OutOfMemory {
+                device: format!(
+                    "{} (binding {i} of {shader}.{entry} is over the adapter's max storage binding, and this \
+                     op does not split its operands)",
+                    ctx.info.name
+                ),
+                need: bytes,
+                available: max,
+            });
+        }
+        let size = std::num::NonZeroU64::new(bytes);
+        let resource = wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b.buf, offset, size });
+        entries.push(wgpu::BindGroupEntry { binding: i as u32, resource });
+    }
     entries.push(wgpu::BindGroupEntry { binding: binds.len() as u32, resource: ubuf.as_entire_binding() });
     let bg =
         ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &c.layout, entries: &entries });
