@@ -6,7 +6,9 @@
 //! comparison; the N = 256 rows are training-shaped (x · Wᵀ over a 256-token micro-batch), in GFLOP/s.
 //! Same run, same data: matmul with 16-byte loads (`main_vec4`) and with scalar loads; the one-token
 //! quant_linear (the gemv entry, a workgroup reduction per output) with and without subgroup
-//! operations when the adapter has them.
+//! operations when the adapter has them. Last, the host cost of one dispatch (2000 chained `scale`
+//! launches on 256 elements, where the kernel is negligible) with bind groups cached and with one
+//! created per dispatch: the overhead that bounds generation tokens/s on a fast GPU.
 use loraforge::backend::cpu::matmul::MatmulDims;
 use loraforge::backend::wgpu::{WgpuBackend, WgpuOptions};
 use loraforge::backend::{Backend, HostQuant};
@@ -58,6 +60,7 @@ fn main() {
         }
         println!("{line}");
     }
+    dispatch_overhead(&g);
     use loraforge::quant::ggml::{GgmlMatrix, GgmlType};
     use loraforge::quant::nf4::Nf4Matrix;
     let (rows, cols) = (1536usize, 1536usize);
@@ -101,4 +104,21 @@ fn main() {
             2.0 * (n * rows * cols) as f64 / sn / 1e9
         );
     }
+}
+
+/// Microseconds per dispatch of a chain of tiny launches, bind groups cached vs created each time.
+fn dispatch_overhead(g: &WgpuBackend) {
+    let fresh = WgpuBackend::with_options(WgpuOptions { reuse_bindings: false, ..Default::default() }).unwrap();
+    let mut line = "dispatch overhead (2000 x scale, 256 elements):".to_string();
+    for (label, be) in [("bind groups cached", g), ("one bind group per dispatch", &fresh)] {
+        let x0 = be.upload(&[1.0; 256]).unwrap();
+        let s = time(be, 3, || {
+            let mut x = be.scale(&x0, 1.0).unwrap();
+            for _ in 0..1999 {
+                x = be.scale(&x, 1.0).unwrap();
+            }
+        });
+        line += &format!("  {label} {:6.1} us", s / 2000.0 * 1e6);
+    }
+    println!("{line}");
 }

@@ -855,6 +855,87 @@ fn check_adamw_and_grad_norm(g: &WgpuBackend) {
     assert!(!g.grad_norm_sq(&[&nan]).unwrap().is_finite(), "NaN must make the norm non-finite");
 }
 
+/// Params go through a ring of uniform slots and bind groups are cached (device.rs). Two checks:
+/// 200 chained scales with distinct factors (over three submissions of 64 passes, each pass
+/// binding the same two pooled buffers as the one before last, so only its ring slot tells the
+/// factors apart) equal the CPU's exactly; and a step-like sequence (matmul, norm, GLU, attention,
+/// cross-entropy, AdamW) run a second time creates no bind group and gives the same bits, as it
+/// does with reuse turned off (`reuse_bindings: false`, one bind group per dispatch).
+#[test]
+fn params_ring_and_bind_group_reuse() {
+    let _ = gpu_or_skip!();
+    // Devices of their own: the counters of the shared one move with other tests.
+    let own = WgpuBackend::new().unwrap();
+    let fresh = WgpuBackend::with_options(WgpuOptions { reuse_bindings: false, ..Default::default() }).unwrap();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(53);
+    let x0 = rand_f32(&mut rng, 1000, -1.0, 1.0);
+    let (mut gx, mut cx) = (up(&own, &x0), c.upload(&x0).unwrap());
+    for i in 0..200 {
+        let s = 1.0 + (i as f32 + 1.0) * 1e-3 * if i % 2 == 0 { 1.0 } else { -0.5 };
+        gx = own.scale(&gx, s).unwrap();
+        cx = c.scale(&cx, s).unwrap();
+    }
+    assert_close(&down(&own, &gx), &cdown(&cx), Tol { abs: 0.0, rel: 0.0 }, "200 chained scales");
+    drop(gx);
+
+    let (n, cc, v) = (24usize, 32usize, 50usize);
+    let x = rand_f32(&mut rng, n * cc, -1.0, 1.0);
+    let w = rand_f32(&mut rng, cc * cc, -0.2, 0.2);
+    let head = rand_f32(&mut rng, v * cc, -0.2, 0.2);
+    let t: Vec<i32> = (0..n).map(|i| (i * 7 % v) as i32).collect();
+    let step = |g: &WgpuBackend| -> Vec<f32> {
+        let (gx, gw) = (up(g, &x), up(g, &w));
+        let y = g.matmul(&gx, &gw, None, MatmulDims::linear(n, cc, cc)).unwrap();
+        let (h, _) = g.rms_norm(&y, &up(g, &[1.0; 32]), n, cc, 1e-5, false).unwrap();
+        let z = g.glu(&h, &y, false).unwrap();
+        let p = AttnParams {
+            b: 2,
+            t: n / 2,
+            h: 2,
+            kv_heads: 1,
+            d: 16,
+            scale: 0.25,
+            causal: true,
+            window: None,
+            softcap: None,
+        };
+        let kv = rand_like(n * 16);
+        let (o, _) = g.attention(&z, &up(g, &kv), &up(g, &kv), None, &p).unwrap();
+        let mut gh = up(g, &head);
+        let (_, _, dw) = g.linear_cross_entropy(&o, &gh, &t, n, cc, v, None, Some(1.0), true).unwrap();
+        let dw = dw.unwrap();
+        let (mut m, mut vv) = (g.zeros(v * cc).unwrap(), g.zeros(v * cc).unwrap());
+        let hp = AdamWParams { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, step: 1 };
+        g.adamw_step(&mut gh, &dw, &mut m, &mut vv, &hp).unwrap();
+        down(g, &gh)
+    };
+    let first = step(&own);
+    let s1 = own.dispatch_stats();
+    let second = step(&own);
+    let s2 = own.dispatch_stats();
+    assert!(s2.dispatches > s1.dispatches + 8, "{s1:?} -> {s2:?}");
+    assert_eq!(
+        s2.bind_groups_created, s1.bind_groups_created,
+        "the repeated step created bind groups: {s1:?} -> {s2:?}"
+    );
+    assert_eq!(first, second, "same step, same bits");
+    let (f1, f2) = (step(&fresh), step(&fresh));
+    let sf = fresh.dispatch_stats();
+    assert_eq!(sf.bind_groups_created, sf.dispatches, "reuse off: one bind group per dispatch");
+    assert_eq!(first, f1);
+    assert_eq!(first, f2);
+    println!(
+        "step: {} dispatches, bind groups created: first run {}, second run 0",
+        s2.dispatches - s1.dispatches,
+        s1.bind_groups_created
+    );
+}
+
+fn rand_like(n: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i * 37 % 101) as f32 / 101.0) - 0.5).collect()
+}
+
 /// Pipelines compile once; the pool returns buffers and counts current/peak.
 #[test]
 fn pipeline_cache_and_pool() {

@@ -9,6 +9,13 @@
 //! (`download`, `sync`). Uploads are recorded as copies from a fresh staging buffer into the same
 //! encoder, never with `queue.write_buffer` (which would run BEFORE already-recorded work and could
 //! overwrite a pooled buffer that earlier work still reads).
+//!
+//! Params uniforms: one ring of `MAX_PENDING` slots, written with `queue.write_buffer` and bound
+//! at a dynamic offset. That is safe where uploads are not: slot i is written once per submission
+//! (the slot is the pass's index in it), the write lands before that submission's passes and
+//! after every earlier submission (queue order), so each pass reads its own params. Bind groups
+//! (storage buffers + the ring) are cached by pipeline and buffer ranges: a training step binds
+//! the same pooled buffers every step, so after the first step no bind group is created.
 
 use super::pipelines::Pipelines;
 use super::pool::{Pool, PooledBuffer};
@@ -37,17 +44,22 @@ pub struct Options {
     /// Let the matmul use 16-byte global loads where its operands are aligned (matmul.wgsl
     /// `main_vec4`); `false` keeps scalar loads everywhere.
     pub vec4_loads: bool,
+    /// Reuse bind groups across dispatches that bind the same buffers (pipelines.rs `dispatch`);
+    /// `false` creates one per dispatch (for comparisons in benches/wgpu_ops.rs).
+    pub reuse_bindings: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         let on = |var: &str| std::env::var(var).map(|v| v != "0").unwrap_or(true);
-        Options { binding_cap: None, subgroups: on(SUBGROUPS_ENV), vec4_loads: on(VEC4_ENV) }
+        Options { binding_cap: None, subgroups: on(SUBGROUPS_ENV), vec4_loads: on(VEC4_ENV), reuse_bindings: true }
     }
 }
 /// Passes recorded before the encoder is submitted (bounds the host-side command memory and
 /// lets the GPU start early; small enough to keep latency low).
 const MAX_PENDING: usize = 64;
+/// Largest params uniform a shader declares, in bytes (a ring slot is at least this).
+pub const PARAMS_MAX_BYTES: u64 = 128;
 
 pub struct Ctx {
     pub device: wgpu::Device,
@@ -66,9 +78,23 @@ pub struct Ctx {
     binding_cap: Option<u64>,
     /// `Options::vec4_loads`.
     pub vec4_loads: bool,
+    /// The params ring (`MAX_PENDING` slots of `param_slot` bytes), see the module docs.
+    pub params_ring: wgpu::Buffer,
+    pub param_slot: u64,
+    /// `Options::reuse_bindings`.
+    pub reuse_bindings: bool,
+    /// Dispatches recorded and bind groups created (cache misses), for tests and benchmarks.
+    pub counters: Mutex<DispatchStats>,
     /// Set by wgpu's device-lost callback (driver reset, GPU removed, `destroy`). From then on
     /// every allocation, sync and readback is an error instead of work on a dead device.
     lost: Arc<Mutex<Option<String>>>,
+}
+
+/// How many dispatches were recorded and how many bind groups had to be created for them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DispatchStats {
+    pub dispatches: u64,
+    pub bind_groups_created: u64,
 }
 
 #[derive(Default)]
@@ -220,8 +246,19 @@ impl Ctx {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        let param_slot = (limits.min_uniform_buffer_offset_alignment as u64).max(PARAMS_MAX_BYTES);
+        let params_ring = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("loraforge.params"),
+            size: param_slot * MAX_PENDING as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         Ok(Arc::new(Ctx {
             dummy,
+            params_ring,
+            param_slot,
+            reuse_bindings: opts.reuse_bindings,
+            counters: Mutex::new(DispatchStats::default()),
             pool: Pool::new(max_buffer),
             pipelines: Pipelines::new(features.contains(wgpu::Features::SUBGROUP)),
             device,
@@ -311,6 +348,35 @@ impl Ctx {
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("loraforge.ops") })
         });
         f(enc);
+        p.passes += 1;
+        if p.passes >= MAX_PENDING {
+            let enc = p.encoder.take().expect("just inserted");
+            p.passes = 0;
+            self.queue.submit([enc.finish()]);
+        }
+    }
+
+    /// Records one compute pass: `params` into this pass's ring slot, then the dispatch with the
+    /// ring bound at that slot (the last binding of `bg`, with a dynamic offset).
+    pub fn record_dispatch(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        bg: &wgpu::BindGroup,
+        params: &[u8],
+        groups: (u32, u32, u32),
+    ) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let off = p.passes as u64 * self.param_slot;
+        self.queue.write_buffer(&self.params_ring, off, params);
+        let enc = p.encoder.get_or_insert_with(|| {
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("loraforge.ops") })
+        });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bg, &[off as u32]);
+            pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+        }
         p.passes += 1;
         if p.passes >= MAX_PENDING {
             let enc = p.encoder.take().expect("just inserted");

@@ -18,7 +18,9 @@ mod ops;
 mod pipelines;
 mod pool;
 
-pub use device::{describe_adapters, Options as WgpuOptions, ALLOW_SOFTWARE_ENV, SUBGROUPS_ENV, VEC4_ENV};
+pub use device::{
+    describe_adapters, DispatchStats, Options as WgpuOptions, ALLOW_SOFTWARE_ENV, SUBGROUPS_ENV, VEC4_ENV,
+};
 pub use ops::{WgpuQuant, WgpuStorage};
 
 use crate::error::Result;
@@ -89,6 +91,12 @@ impl WgpuBackend {
     /// would: every later call returns an error. For tests of what a run does when that happens.
     pub fn simulate_device_loss(&self) {
         self.ctx.destroy();
+    }
+
+    /// Dispatches recorded and bind groups created so far (with `reuse_bindings`, a repeated step
+    /// creates none).
+    pub fn dispatch_stats(&self) -> DispatchStats {
+        *self.ctx.counters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Bytes held by idle buffers in the pool (not counted in `memory().current`).

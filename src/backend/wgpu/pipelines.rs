@@ -6,13 +6,15 @@
 //! errors come back as `Error` carrying naga's message (caught with an error scope), never a panic.
 //!
 //! Binding convention of every shader: storage buffers at bindings 0..n in the order the launcher
-//! passes them (read-only or read-write), then the `Params` uniform at binding n.
+//! passes them (read-only or read-write), then the `Params` uniform at binding n (a slot of the
+//! device's params ring, bound with a dynamic offset). A storage binding is a whole buffer or a
+//! window of one (`Buf::at`); `dispatch` refuses one over the adapter's binding limit. Bind groups
+//! are cached by (kernel, buffer ranges), see device.rs.
 
 use super::device::Ctx;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use wgpu::util::DeviceExt;
 
 /// `shaders/<file>` as a string literal.
 macro_rules! wgsl {
@@ -132,7 +134,15 @@ pub struct Pipelines {
     pub subgroups: bool,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     cache: Mutex<HashMap<KernelKey, Arc<Compiled>>>,
+    /// Bind groups by pipeline and (buffer, offset, size) of each storage binding.
+    bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
 }
+
+type BindKey = (KernelKey, Vec<(wgpu::Buffer, u64, u64)>);
+
+/// Bind groups kept at most; past it the cache starts over (a run reuses far fewer: the pool
+/// hands the same buffers to the same ops every step).
+const MAX_BIND_GROUPS: usize = 8192;
 
 impl Pipelines {
     pub fn new(subgroups: bool) -> Self {
@@ -183,15 +193,16 @@ impl Pipelines {
         let module = self.module(device, key.shader)?;
         let mut entries = Vec::new();
         for (i, ch) in key.layout.chars().enumerate() {
-            let ty = match ch {
-                'r' => wgpu::BufferBindingType::Storage { read_only: true },
-                'w' => wgpu::BufferBindingType::Storage { read_only: false },
-                _ => wgpu::BufferBindingType::Uniform,
+            let (ty, has_dynamic_offset) = match ch {
+                'r' => (wgpu::BufferBindingType::Storage { read_only: true }, false),
+                'w' => (wgpu::BufferBindingType::Storage { read_only: false }, false),
+                // The params uniform: a slot of the device's params ring (device.rs).
+                _ => (wgpu::BufferBindingType::Uniform, true),
             };
             entries.push(wgpu::BindGroupLayoutEntry {
                 binding: i as u32,
                 visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None },
+                ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset, min_binding_size: None },
                 count: None,
             });
         }
@@ -256,17 +267,14 @@ pub fn dispatch(
     let variant = overrides.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
     let key = KernelKey { shader, entry, variant, layout };
     let c = ctx.pipelines.get(&ctx.device, &key, overrides)?;
-    // The params uniform: a fresh small buffer per dispatch, created mapped (so it is ordered
-    // correctly with the recorded stream), padded to 16 bytes (uniform layout rules).
+    // The params, padded to 16 bytes (uniform layout rules), go to the pass's ring slot.
     let mut words = params.to_vec();
     words.resize(params.len().div_ceil(4).max(1) * 4, 0);
-    let ubuf = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("loraforge.params"),
-        contents: bytemuck::cast_slice(&words),
-        usage: wgpu::BufferUsages::UNIFORM,
-    });
+    if words.len() as u64 * 4 > ctx.param_slot {
+        return Err(Error::msg(format!("wgpu: {key}: {} params words exceed a ring slot", words.len())));
+    }
     let max = ctx.max_binding();
-    let mut entries: Vec<wgpu::BindGroupEntry> = Vec::with_capacity(binds.len() + 1);
+    let mut spans = Vec::with_capacity(binds.len());
     for (i, b) in binds.iter().enumerate() {
         let (Bind::R(b) | Bind::W(b)) = b;
         let (offset, bytes) = b.span();
@@ -284,18 +292,42 @@ pub fn dispatch(
                 available: max,
             });
         }
-        let size = std::num::NonZeroU64::new(bytes);
-        let resource = wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b.buf, offset, size });
-        entries.push(wgpu::BindGroupEntry { binding: i as u32, resource });
+        spans.push((b.buf, offset, bytes));
     }
-    entries.push(wgpu::BindGroupEntry { binding: binds.len() as u32, resource: ubuf.as_entire_binding() });
-    let bg =
-        ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &c.layout, entries: &entries });
-    ctx.record(|enc| {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
-        pass.set_pipeline(&c.pipeline);
-        pass.set_bind_group(0, &bg, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, groups.2);
-    });
+    let create = || {
+        let mut entries: Vec<wgpu::BindGroupEntry> = spans
+            .iter()
+            .enumerate()
+            .map(|(i, &(buffer, offset, bytes))| {
+                let size = std::num::NonZeroU64::new(bytes);
+                let resource = wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer, offset, size });
+                wgpu::BindGroupEntry { binding: i as u32, resource }
+            })
+            .collect();
+        let size = std::num::NonZeroU64::new(ctx.param_slot);
+        let ring = wgpu::BufferBinding { buffer: &ctx.params_ring, offset: 0, size };
+        entries
+            .push(wgpu::BindGroupEntry { binding: binds.len() as u32, resource: wgpu::BindingResource::Buffer(ring) });
+        ctx.counters.lock().unwrap_or_else(|e| e.into_inner()).bind_groups_created += 1;
+        ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &c.layout, entries: &entries })
+    };
+    let bg = if ctx.reuse_bindings {
+        let bkey: BindKey = (key, spans.iter().map(|&(b, o, n)| (b.clone(), o, n)).collect());
+        let mut cache = ctx.pipelines.bind_groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bg) = cache.get(&bkey) {
+            bg.clone()
+        } else {
+            if cache.len() >= MAX_BIND_GROUPS {
+                cache.clear();
+            }
+            let bg = create();
+            cache.insert(bkey, bg.clone());
+            bg
+        }
+    } else {
+        create()
+    };
+    ctx.counters.lock().unwrap_or_else(|e| e.into_inner()).dispatches += 1;
+    ctx.record_dispatch(&c.pipeline, &bg, bytemuck::cast_slice(&words), groups);
     Ok(())
 }
