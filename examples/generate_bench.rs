@@ -1,13 +1,15 @@
-//! Greedy decoding speed on the CPU with a real GGUF model (KV cache, one token per step).
+//! Greedy decoding speed with a real GGUF model (KV cache, one token per step) on the CPU or wgpu.
 //! Prints prefill and decode tokens/s, time per token, and the KV cache size.
 //!
-//!   cargo run --release --example generate_bench [-- --model PATH --prompt 64 --new 64 --repeat 2]
+//!   cargo run --release --example generate_bench [-- --model PATH --prompt 64 --new 64 --repeat 2
+//!                                                    --device cpu|wgpu]
 //!
 //! Default model: ~/.cache/loraforge/models/SmolLM2-135M-Instruct.Q4_1.gguf (models/fetch.sh).
 //! The prompt is synthetic (token ids 1000, 1001, ...): speed does not depend on the text.
 
 use loraforge::backend::CpuBackend;
 use loraforge::generate::{argmax, GenerateConfig, Sampler, Session};
+use loraforge::model::ModelConfig;
 use loraforge::model::{load_gguf, AdapterSpec};
 use loraforge::Backend;
 use std::path::PathBuf;
@@ -19,14 +21,22 @@ fn arg(name: &str) -> Option<String> {
 }
 
 fn main() -> loraforge::Result<()> {
-    let num = |name: &str, default: usize| arg(name).and_then(|v| v.parse().ok()).unwrap_or(default);
-    let (n_prompt, n_new, repeat) = (num("--prompt", 64), num("--new", 64), num("--repeat", 2));
     let path = arg("--model").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var("HOME").expect("HOME"))
             .join(".cache/loraforge/models/SmolLM2-135M-Instruct.Q4_1.gguf")
     });
-    let be = CpuBackend::new();
-    let (model, cfg) = load_gguf(&be, &path, &AdapterSpec::default())?;
+    match arg("--device").as_deref().unwrap_or("cpu") {
+        "cpu" => bench(CpuBackend::new(), &path),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => bench(loraforge::backend::wgpu::WgpuBackend::new()?, &path),
+        other => Err(loraforge::Error::msg(format!("--device {other}: expected cpu or wgpu"))),
+    }
+}
+
+fn bench<B: Backend>(be: B, path: &std::path::Path) -> loraforge::Result<()> {
+    let num = |name: &str, default: usize| arg(name).and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (n_prompt, n_new, repeat) = (num("--prompt", 64), num("--new", 64), num("--repeat", 2));
+    let (model, cfg): (_, ModelConfig) = load_gguf(&be, path, &AdapterSpec::default())?;
     println!("{} ({}, {} layers), backend {}", path.display(), cfg.arch, cfg.num_hidden_layers, be.name());
     let prompt: Vec<u32> = (0..n_prompt).map(|i| (1000 + i % (cfg.vocab_size - 1000)) as u32).collect();
     // Run `repeat` times and report the last (the first run warms page cache and allocator).

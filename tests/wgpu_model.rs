@@ -109,6 +109,46 @@ fn tiny_transformer_loss_and_train_steps_match_cpu() {
     }
 }
 
+/// The device-resident KV cache: a prompt of 11 tokens, then 70 single-token steps (the cache
+/// grows past its first 64-row capacity; the Gemma-like layers' 4-token window trims it every few
+/// steps), then a second prefill chunk of 5 tokens: every step's logits equal the CPU session's
+/// (f32 both sides, different reduction orders: 1e-4 relative), and the cache holds what the
+/// CPU's holds (same rows, same positions, same keys and values).
+#[test]
+fn cached_decoding_matches_cpu() {
+    use loraforge::generate::Session;
+    let Some(g) = gpu() else { return };
+    let c = CpuBackend::new();
+    for gemma in [false, true] {
+        let (mg, mc) = (small(&g, gemma), small(&c, gemma));
+        let (mut sg, mut sc) = (Session::new(&mg), Session::new(&mc));
+        let mut rng = Rng::new(3);
+        let prompt: Vec<u32> = (0..11).map(|_| rng.below(29) as u32).collect();
+        let tol = Tol { abs: 1e-5, rel: 1e-4 };
+        assert_close(&sg.prefill(&prompt).unwrap(), &sc.prefill(&prompt).unwrap(), tol, "prefill");
+        for i in 0..70 {
+            let id = rng.below(29) as u32;
+            assert_close(&sg.step(id).unwrap(), &sc.step(id).unwrap(), tol, &format!("gemma={gemma} step {i}"));
+        }
+        let more: Vec<u32> = (0..5).map(|_| rng.below(29) as u32).collect();
+        assert_close(&sg.prefill(&more).unwrap(), &sc.prefill(&more).unwrap(), tol, "second prefill");
+        assert_eq!(sg.pos(), 86);
+        assert_eq!(sg.cache_bytes(), sc.cache_bytes());
+        for (lg, lc) in sg.cache.layers.iter().zip(&sc.cache.layers) {
+            assert_eq!((lg.rows(), lg.pos0), (lc.rows(), lc.pos0));
+            let ((kg, vg), (kc, vc)) = (lg.to_vecs(&g).unwrap(), lc.to_vecs(&c).unwrap());
+            assert_close(&kg, &kc, tol, "cached keys");
+            assert_close(&vg, &vc, tol, "cached values");
+            if gemma {
+                assert!(lg.pos0 > 0 && lg.rows() < 8, "gemma={gemma}: {lg:?}");
+            }
+        }
+        sg.reset();
+        sc.reset();
+        assert_close(&sg.prefill(&prompt).unwrap(), &sc.prefill(&prompt).unwrap(), tol, "after reset");
+    }
+}
+
 fn smollm2() -> Option<PathBuf> {
     let dir = std::env::var("LORAFORGE_MODEL_CACHE")
         .map(PathBuf::from)

@@ -778,6 +778,62 @@ fn nf4_quantize_on_the_device_matches_the_host() {
     }
 }
 
+/// attention_decode.wgsl against the CPU (`Backend::attention_decode`, the f32 path generation
+/// runs, itself tested against the f64 spec and the training attention in tests/ops). Shapes: one
+/// query against 1 key; S = 300 and 600 (more than one 256-key chunk, a partial last one); a
+/// prefill (TQ = S = 67); GQA 4/2, MQA 3/1; D = 8, 64, 256 (the limit); sliding windows 7 and
+/// 300; soft-capping; window 0 (no key visible: zeros). The caches hold 5 more rows than S, filled
+/// with NaN: a read past S would poison the output. Scores and sums in f32 in a different order
+/// than the CPU's: 1e-5 relative (outputs are convex combinations of values in [-1, 1]).
+#[test]
+fn attention_decode_matches_cpu() {
+    use loraforge::backend::cpu::attention_decode::DecodeParams;
+    let g = gpu_or_skip!();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(61);
+    let base = DecodeParams { tq: 1, s: 1, h: 4, kv_heads: 2, d: 8, scale: 0.35, window: None, softcap: None };
+    let cases = [
+        base,
+        DecodeParams { s: 300, d: 64, ..base },
+        DecodeParams { s: 600, h: 3, kv_heads: 1, d: 256, scale: 0.06, ..base },
+        DecodeParams { tq: 67, s: 67, d: 16, ..base },
+        DecodeParams { tq: 3, s: 40, window: Some(7), ..base },
+        DecodeParams { tq: 2, s: 520, d: 64, window: Some(300), softcap: Some(5.0), ..base },
+        DecodeParams { tq: 2, s: 9, window: Some(0), ..base },
+    ];
+    for p in cases {
+        let q = rand_f32(&mut rng, p.tq * p.h * p.d, -1.0, 1.0);
+        let row = p.kv_heads * p.d;
+        let mut k = rand_f32(&mut rng, (p.s + 5) * row, -1.0, 1.0);
+        let mut v = rand_f32(&mut rng, (p.s + 5) * row, -1.0, 1.0);
+        let want = cdown(
+            &c.attention_decode(
+                &c.upload(&q).unwrap(),
+                &c.upload(&k[..p.s * row]).unwrap(),
+                &c.upload(&v[..p.s * row]).unwrap(),
+                &p,
+            )
+            .unwrap(),
+        );
+        k[p.s * row..].fill(f32::NAN);
+        v[p.s * row..].fill(f32::NAN);
+        let got = down(g, &g.attention_decode(&up(g, &q), &up(g, &k), &up(g, &v), &p).unwrap());
+        assert_close(&got, &want, Tol { abs: 1e-6, rel: 1e-5 }, &format!("attention_decode {p:?}"));
+        if p.window == Some(0) {
+            assert!(got.iter().all(|&x| x == 0.0));
+        }
+    }
+    // Bad shapes are errors: H not a multiple of KV, more queries than keys, short caches, D > 256.
+    let p = DecodeParams { h: 3, ..base };
+    assert!(g.attention_decode(&up(g, &[0.0; 24]), &up(g, &[0.0; 16]), &up(g, &[0.0; 16]), &p).is_err());
+    let p = DecodeParams { tq: 2, ..base };
+    assert!(g.attention_decode(&up(g, &[0.0; 64]), &up(g, &[0.0; 16]), &up(g, &[0.0; 16]), &p).is_err());
+    let p = DecodeParams { s: 3, ..base };
+    assert!(g.attention_decode(&up(g, &[0.0; 32]), &up(g, &[0.0; 16]), &up(g, &[0.0; 16]), &p).is_err());
+    let p = DecodeParams { d: 320, h: 1, kv_heads: 1, ..base };
+    assert!(g.attention_decode(&up(g, &[0.0; 320]), &up(g, &[0.0; 320]), &up(g, &[0.0; 320]), &p).is_err());
+}
+
 /// T = 67 spans a 64-wide block plus a partial one; D = 8 and 16; GQA 4/2 and MQA 3/1.
 /// exp and f32 dot products: out ~1e-6, lse ~1e-6, grads accumulate T terms: 1e-4.
 #[test]

@@ -389,6 +389,32 @@ impl Backend for CpuBackend {
         cpu::embedding::embedding_backward(&mut dt, &dout.data, ids, c);
         Ok(self.wrap(dt))
     }
+    fn copy_into(&self, dst: &mut CpuStorage, dst_at: usize, src: &CpuStorage, src_at: usize, n: usize) -> Result<()> {
+        let (d, s) = (dst_at.checked_add(n), src_at.checked_add(n));
+        match (d, s) {
+            (Some(d), Some(s)) if d <= dst.data.len() && s <= src.data.len() => {
+                dst.data[dst_at..d].copy_from_slice(&src.data[src_at..s]);
+                Ok(())
+            }
+            _ => Err(Error::InvalidArgument {
+                op: "copy_into",
+                msg: format!("{n} elements from {src_at} of {} into {dst_at} of {}", src.data.len(), dst.data.len()),
+            }),
+        }
+    }
+    fn attention_decode(
+        &self,
+        q: &CpuStorage,
+        k: &CpuStorage,
+        v: &CpuStorage,
+        p: &cpu::attention_decode::DecodeParams,
+    ) -> Result<CpuStorage> {
+        cpu::attention_decode::check_decode("attention_decode", q.data.len(), k.data.len(), v.data.len(), p)?;
+        let n = p.s * p.kv_heads * p.d;
+        let mut out = vec![0.0f32; p.tq * p.h * p.d];
+        cpu::attention_decode::attention_decode(&mut out, &q.data, &k.data[..n], &v.data[..n], p);
+        Ok(self.wrap(out))
+    }
     fn linear_cross_entropy(
         &self,
         h: &CpuStorage,

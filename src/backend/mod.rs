@@ -210,6 +210,26 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn embedding_quant(&self, ids: &[u32], table: &Self::QStorage) -> Result<Self::Storage>;
     /// dtable (V, C) = scatter-add of dout rows at ids.
     fn embedding_backward(&self, dout: &Self::Storage, ids: &[u32], v: usize, c: usize) -> Result<Self::Storage>;
+
+    /// dst[dst_at .. dst_at + n] = src[src_at .. src_at + n] (the KV cache's appends and moves;
+    /// `dst` and `src` are different storages).
+    fn copy_into(
+        &self,
+        dst: &mut Self::Storage,
+        dst_at: usize,
+        src: &Self::Storage,
+        src_at: usize,
+        n: usize,
+    ) -> Result<()>;
+    /// Attention of TQ new queries q (TQ, H, D) against the first `p.s` rows of the caches k, v
+    /// ((rows >= S, KV, D)): out (TQ, H, D). Spec: cpu/attention_decode.rs (generation only).
+    fn attention_decode(
+        &self,
+        q: &Self::Storage,
+        k: &Self::Storage,
+        v: &Self::Storage,
+        p: &cpu::attention_decode::DecodeParams,
+    ) -> Result<Self::Storage>;
     /// Fused, chunked final projection + cross-entropy. h (N, C), w (V, C), targets (N) with -100 = ignore.
     /// When `grad_scale` is Some(s), also returns dh = s · dloss_sum/dh and (if `need_dw`) dw.
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]

@@ -10,15 +10,15 @@
 //! Contracts easy to miss:
 //! - LoRA adapters are applied as they are, with dropout OFF (the `LoraLinear` forward with p = 0,
 //!   parameters detached so nothing is recorded on a tape). DoRA's magnitude is applied.
-//! - The cache lives on the host as f32 (`Vec<f32>`), whatever the backend: q, k, v are downloaded
-//!   and the attention output uploaded each layer. On `CpuBackend` that is a copy; a GPU backend
-//!   will want a device-resident cache and an `attention_decode` primitive on `Backend`.
+//! - The cache lives in backend storage (device memory on wgpu), f32: the new rows are appended with
+//!   `Backend::copy_into` and attention runs as `Backend::attention_decode`, so a decode step never
+//!   leaves the device until the logits are read back.
 //! - Sliding-window layers keep at most `2 * window` rows: once a layer holds that many, the rows
-//!   no future query can see (older than the last `window - 1`) are dropped in one move, so the
-//!   cost is amortised and the kernel always gets one contiguous buffer.
+//!   no future query can see (older than the last `window - 1`) are dropped in one move (a copy to
+//!   new buffers), so the cost is amortised and the kernel always gets one contiguous buffer.
 //! - Positions are absolute: the n-th token fed (prompt and generated) is at position n.
 
-use crate::backend::cpu::attention_decode::{attention_decode, DecodeParams};
+use crate::backend::cpu::attention_decode::DecodeParams;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::{DecoderLayer, Proj, Transformer};
@@ -27,13 +27,15 @@ use crate::tape::Tape;
 use crate::tensor::Tensor;
 use std::sync::Arc;
 
-/// One layer's cached keys and values: rows for absolute positions [pos0, pos0 + rows).
-#[derive(Clone, Debug, Default)]
-pub struct LayerKv {
-    /// (rows, KV, D), after RoPE (and k-norm when the model has one).
-    pub k: Vec<f32>,
-    /// (rows, KV, D)
-    pub v: Vec<f32>,
+/// One layer's cached keys and values: rows for absolute positions [pos0, pos0 + rows), in backend
+/// storage of `cap` rows (grown by doubling, so appends are amortised copies on the device).
+pub struct LayerKv<B: Backend> {
+    /// (cap, KV, D), after RoPE (and k-norm when the model has one); the first `rows` are valid.
+    k: Option<B::Storage>,
+    /// (cap, KV, D)
+    v: Option<B::Storage>,
+    rows: usize,
+    cap: usize,
     /// Absolute position of row 0 (> 0 once a sliding-window layer dropped old rows).
     pub pos0: usize,
     /// KV * D: floats per cached position.
@@ -42,68 +44,112 @@ pub struct LayerKv {
     pub window: Option<usize>,
 }
 
-impl LayerKv {
+impl<B: Backend> std::fmt::Debug for LayerKv<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LayerKv {{ rows: {}, cap: {}, pos0: {}, row: {} }}", self.rows, self.cap, self.pos0, self.row)
+    }
+}
+
+impl<B: Backend> LayerKv<B> {
+    fn new(row: usize, window: Option<usize>) -> Self {
+        LayerKv { k: None, v: None, rows: 0, cap: 0, pos0: 0, row, window }
+    }
+
     /// Cached positions.
     pub fn rows(&self) -> usize {
-        self.k.len() / self.row
+        self.rows
+    }
+
+    /// The cached keys and values (first `rows()` rows of each, (rows, KV, D)), downloaded.
+    pub fn to_vecs(&self, be: &B) -> Result<(Vec<f32>, Vec<f32>)> {
+        let n = self.rows * self.row;
+        match (&self.k, &self.v) {
+            (Some(k), Some(v)) => {
+                let (mut k, mut v) = (be.download(k)?, be.download(v)?);
+                k.truncate(n);
+                v.truncate(n);
+                Ok((k, v))
+            }
+            _ => Ok((Vec::new(), Vec::new())),
+        }
+    }
+
+    /// New buffers of `cap` rows holding rows [from, from + keep) of the current ones at row 0.
+    fn moved(&self, be: &B, cap: usize, from: usize, keep: usize) -> Result<(B::Storage, B::Storage)> {
+        let (mut k, mut v) = (be.zeros(cap * self.row)?, be.zeros(cap * self.row)?);
+        if let (Some(ok), Some(ov), true) = (&self.k, &self.v, keep > 0) {
+            be.copy_into(&mut k, 0, ok, from * self.row, keep * self.row)?;
+            be.copy_into(&mut v, 0, ov, from * self.row, keep * self.row)?;
+        }
+        Ok((k, v))
     }
 
     /// Appends TQ new rows: k, v (TQ, KV, D).
-    fn append(&mut self, k: &[f32], v: &[f32]) {
-        self.k.extend_from_slice(k);
-        self.v.extend_from_slice(v);
+    fn append(&mut self, be: &B, k: &B::Storage, v: &B::Storage, tq: usize) -> Result<()> {
+        if self.rows + tq > self.cap {
+            let cap = (self.rows + tq).max(2 * self.cap).max(64);
+            let (nk, nv) = self.moved(be, cap, 0, self.rows)?;
+            (self.k, self.v, self.cap) = (Some(nk), Some(nv), cap);
+        }
+        let (Some(dk), Some(dv)) = (self.k.as_mut(), self.v.as_mut()) else {
+            return Err(Error::msg("kv cache: buffers missing after growth"));
+        };
+        be.copy_into(dk, self.rows * self.row, k, 0, tq * self.row)?;
+        be.copy_into(dv, self.rows * self.row, v, 0, tq * self.row)?;
+        self.rows += tq;
+        Ok(())
     }
 
     /// Drops rows no future query can see (sliding-window layers), once the cache holds 2 * window
     /// rows. After this call the next query sits at position pos0 + rows and sees positions back to
-    /// pos0 + rows - window + 1, so the last window - 1 rows are kept.
-    fn trim(&mut self) {
-        let Some(w) = self.window else { return };
-        let rows = self.rows();
-        if rows < 2 * w.max(1) {
-            return;
+    /// pos0 + rows - window + 1, so the last window - 1 rows are kept (moved to row 0 of new
+    /// buffers of the same capacity: a device copy cannot overlap its source).
+    fn trim(&mut self, be: &B) -> Result<()> {
+        let Some(w) = self.window else { return Ok(()) };
+        if self.rows < 2 * w.max(1) {
+            return Ok(());
         }
-        let drop = rows - w.saturating_sub(1);
-        self.k.drain(..drop * self.row);
-        self.v.drain(..drop * self.row);
+        let drop = self.rows - w.saturating_sub(1);
+        let keep = self.rows - drop;
+        let (nk, nv) = self.moved(be, self.cap, drop, keep)?;
+        (self.k, self.v) = (Some(nk), Some(nv));
+        self.rows = keep;
         self.pos0 += drop;
+        Ok(())
     }
 }
 
 /// The KV cache of a whole model: one `LayerKv` per layer, and the number of positions fed so far.
-#[derive(Clone, Debug, Default)]
-pub struct KvCache {
-    pub layers: Vec<LayerKv>,
+/// It lives where the model does (device memory on a GPU backend).
+#[derive(Debug)]
+pub struct KvCache<B: Backend> {
+    pub layers: Vec<LayerKv<B>>,
     /// Tokens fed so far = the position of the next token.
     pub pos: usize,
 }
 
-impl KvCache {
+impl<B: Backend> KvCache<B> {
     /// An empty cache shaped for `model`.
-    pub fn new<B: Backend>(model: &Transformer<B>) -> Self {
+    pub fn new(model: &Transformer<B>) -> Self {
         let layers = model
             .layers
             .iter()
-            .map(|l| LayerKv {
-                row: l.cfg.num_key_value_heads * l.cfg.head_dim,
-                window: l.cfg.sliding_window,
-                ..LayerKv::default()
-            })
+            .map(|l| LayerKv::new(l.cfg.num_key_value_heads * l.cfg.head_dim, l.cfg.sliding_window))
             .collect();
         KvCache { layers, pos: 0 }
     }
 
-    /// Bytes held by the cached keys and values (f32), summed over layers: at most
-    /// 2 · 4 · KV · D · (positions, or 2 · window on sliding layers) per layer.
+    /// Bytes of the cached keys and values (f32), summed over layers: at most
+    /// 2 · 4 · KV · D · (positions, or 2 · window on sliding layers) per layer. The buffers hold up
+    /// to twice that (their capacity doubles as the context grows).
     pub fn bytes(&self) -> usize {
-        self.layers.iter().map(|l| (l.k.len() + l.v.len()) * std::mem::size_of::<f32>()).sum()
+        self.layers.iter().map(|l| 2 * l.rows * l.row * std::mem::size_of::<f32>()).sum()
     }
 
     /// Forgets everything (keeps the allocations).
     pub fn clear(&mut self) {
         for l in &mut self.layers {
-            l.k.clear();
-            l.v.clear();
+            l.rows = 0;
             l.pos0 = 0;
         }
         self.pos = 0;
@@ -122,7 +168,7 @@ fn proj_eval<B: Backend>(tape: &mut Tape<B>, p: &Proj<B>, x: &Tensor<B>) -> Resu
 pub fn layer_forward_cached<B: Backend>(
     layer: &DecoderLayer<B>,
     x: &Tensor<B>, // (1, TQ, C)
-    kv: &mut LayerKv,
+    kv: &mut LayerKv<B>,
     pos: usize,
 ) -> Result<Tensor<B>> {
     let c = &layer.cfg;
@@ -154,9 +200,9 @@ pub fn layer_forward_cached<B: Backend>(
         q = ops::rms_norm(tape, &q, qn, c.rms_norm_eps, c.norm_add_one)?;
         k = ops::rms_norm(tape, &k, kn, c.rms_norm_eps, c.norm_add_one)?;
     }
-    let q = ops::rope(tape, &q, &positions, &c.rope)?.to_vec()?; // (TQ, H, D)
-    let k = ops::rope(tape, &k, &positions, &c.rope)?.to_vec()?; // (TQ, KV, D)
-    kv.append(&k, &v.to_vec()?);
+    let q = ops::rope(tape, &q, &positions, &c.rope)?; // (TQ, H, D)
+    let k = ops::rope(tape, &k, &positions, &c.rope)?; // (TQ, KV, D)
+    kv.append(&be, k.storage(), v.storage(), tq)?;
     let p = DecodeParams {
         tq,
         s: kv.rows(),
@@ -167,10 +213,12 @@ pub fn layer_forward_cached<B: Backend>(
         window: c.sliding_window,
         softcap: c.attn_softcap,
     };
-    let mut a = vec![0.0f32; tq * h * hd]; // (TQ, H, D)
-    attention_decode(&mut a, &q, &kv.k, &kv.v, &p);
-    kv.trim();
-    let a = Tensor::from_slice(&be, &a, [1, tq, h * hd])?;
+    let (Some(kc), Some(vc)) = (&kv.k, &kv.v) else {
+        return Err(Error::msg("kv cache: no buffers after an append"));
+    };
+    let a = be.attention_decode(q.storage(), kc, vc, &p)?; // (TQ, H, D)
+    kv.trim(&be)?;
+    let a = Tensor::from_storage(&be, a, [1, tq, h * hd].into(), None);
     let mut o = proj_eval(tape, &layer.o_proj, &a)?;
     if let Some(pn) = &layer.post_attn_norm {
         o = ops::rms_norm(tape, &o, pn, c.rms_norm_eps, c.norm_add_one)?;
@@ -190,7 +238,7 @@ pub fn layer_forward_cached<B: Backend>(
 
 /// Feeds TQ >= 1 new tokens through the whole model, extending `cache`, and returns the logits of
 /// the LAST new token, (V). The final norm and LM head run on that row only.
-pub fn forward_cached<B: Backend>(model: &Transformer<B>, cache: &mut KvCache, ids: &[u32]) -> Result<Vec<f32>> {
+pub fn forward_cached<B: Backend>(model: &Transformer<B>, cache: &mut KvCache<B>, ids: &[u32]) -> Result<Vec<f32>> {
     if ids.is_empty() {
         return Err(Error::InvalidArgument { op: "forward_cached", msg: "no tokens to feed".into() });
     }

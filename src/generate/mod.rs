@@ -23,7 +23,7 @@ use crate::model::Transformer;
 /// A model and its KV cache: feed tokens, get the next token's logits.
 pub struct Session<'m, B: Backend> {
     pub model: &'m Transformer<B>,
-    pub cache: KvCache,
+    pub cache: KvCache<B>,
 }
 
 impl<'m, B: Backend> Session<'m, B> {

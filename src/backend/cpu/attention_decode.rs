@@ -85,6 +85,26 @@ impl DecodeParams {
     }
 }
 
+/// The checks a backend's `attention_decode` makes before launching (as errors, not panics):
+/// H a multiple of KV, 0 < TQ <= S, q (TQ, H, D), caches of at least S rows.
+pub fn check_decode(op: &'static str, q: usize, k: usize, v: usize, p: &DecodeParams) -> crate::error::Result<()> {
+    let bad = |msg: String| Err(crate::error::Error::InvalidArgument { op, msg });
+    if p.kv_heads == 0 || !p.h.is_multiple_of(p.kv_heads) {
+        return bad(format!("H = {} is not a multiple of KV = {}", p.h, p.kv_heads));
+    }
+    if p.tq == 0 || p.tq > p.s {
+        return bad(format!("{} queries against {} cached keys", p.tq, p.s));
+    }
+    if q != p.tq * p.h * p.d {
+        return bad(format!("q has {q} elements, expected TQ * H * D = {}", p.tq * p.h * p.d));
+    }
+    let need = p.s * p.kv_heads * p.d;
+    if k < need || v < need {
+        return bad(format!("caches hold {k} / {v} elements, {need} needed for S = {} rows", p.s));
+    }
+    Ok(())
+}
+
 /// The spec forward: for each (query, head), all visible scores in f64, then a two-pass softmax
 ///   m = max_j s_ij,   out_i = sum_j exp(s_ij - m) v_j / sum_j exp(s_ij - m).
 pub fn attention_decode_forward<T: Real>(

@@ -1473,6 +1473,63 @@ impl Backend for WgpuBackend {
         }
         Ok(dt)
     }
+    fn copy_into(
+        &self,
+        dst: &mut WgpuStorage,
+        dst_at: usize,
+        src: &WgpuStorage,
+        src_at: usize,
+        n: usize,
+    ) -> Result<()> {
+        let fits = |at: usize, len: usize| at.checked_add(n).is_some_and(|e| e <= len);
+        if !fits(dst_at, dst.len) || !fits(src_at, src.len) {
+            return Err(bad(
+                "copy_into",
+                format!("{n} elements from {src_at} of {} into {dst_at} of {}", src.len, dst.len),
+            ));
+        }
+        if Arc::ptr_eq(&dst.buf, &src.buf) {
+            return Err(bad("copy_into", "source and destination are the same buffer".into()));
+        }
+        if n > 0 {
+            let (s, d) = (src.b(), dst.b());
+            self.ctx.record(|enc| enc.copy_buffer_to_buffer(s, src_at as u64 * 4, d, dst_at as u64 * 4, n as u64 * 4));
+        }
+        Ok(())
+    }
+    fn attention_decode(
+        &self,
+        q: &WgpuStorage,
+        k: &WgpuStorage,
+        v: &WgpuStorage,
+        p: &crate::backend::cpu::attention_decode::DecodeParams,
+    ) -> Result<WgpuStorage> {
+        const OP: &str = "attention_decode";
+        crate::backend::cpu::attention_decode::check_decode(OP, q.len, k.len, v.len, p)?;
+        if p.d > ATTN_DMAX {
+            return Err(bad(OP, format!("head dim {} > {ATTN_DMAX} (attention_decode.wgsl)", p.d)));
+        }
+        let out = self.alloc(OP, q.len)?;
+        dispatch(
+            &self.ctx,
+            OP,
+            "main",
+            &[],
+            &[Bind::r(q.b()), Bind::r(k.b()), Bind::r(v.b()), Bind::w(out.b())],
+            &[
+                u(p.tq),
+                u(p.s),
+                u(p.h),
+                u(p.kv_heads),
+                u(p.d),
+                p.scale.to_bits(),
+                p.window.map_or(u32::MAX, |w| w.min(u32::MAX as usize - 1) as u32),
+                p.softcap.unwrap_or(0.0).to_bits(),
+            ],
+            grid_1d(p.tq * p.h),
+        )?;
+        Ok(out)
+    }
     fn linear_cross_entropy(
         &self,
         h: &WgpuStorage,

@@ -56,6 +56,7 @@ fn source(shader: &str, subgroups: bool) -> Option<&'static str> {
         "linear_cross_entropy" => reducing!(subgroups, "linear_cross_entropy.wgsl"),
         "attention" => wgsl!("attention.wgsl"),
         "attention_backward" => wgsl!("attention_backward.wgsl"),
+        "attention_decode" => wgsl!("attention_decode.wgsl"),
         "nf4_quantize" => wgsl!("nf4_quantize.wgsl"),
         // The two shaders that read packed weights share the decoder, prepended.
         "quant_linear" => reducing!(subgroups, "quant_decode.wgsl", "quant_linear.wgsl"),
