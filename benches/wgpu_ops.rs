@@ -7,8 +7,9 @@
 //! Same run, same data: matmul with 16-byte loads (`main_vec4`) and with scalar loads; the one-token
 //! quant_linear (the gemv entry, a workgroup reduction per output) with and without subgroup
 //! operations when the adapter has them. Last, the host cost of one dispatch (2000 chained `scale`
-//! launches on 256 elements, where the kernel is negligible) with bind groups cached and with one
-//! created per dispatch: the overhead that bounds generation tokens/s on a fast GPU.
+//! launches on 256 elements, where the kernel is negligible) with the params ring and cached bind
+//! groups and with a params buffer and bind group per dispatch: the overhead that bounds generation
+//! tokens/s on a fast GPU.
 use loraforge::backend::cpu::matmul::MatmulDims;
 use loraforge::backend::wgpu::{WgpuBackend, WgpuOptions};
 use loraforge::backend::{Backend, HostQuant};
@@ -60,7 +61,7 @@ fn main() {
         }
         println!("{line}");
     }
-    dispatch_overhead(&g);
+    dispatch_overhead();
     use loraforge::quant::ggml::{GgmlMatrix, GgmlType};
     use loraforge::quant::nf4::Nf4Matrix;
     let (rows, cols) = (1536usize, 1536usize);
@@ -106,11 +107,15 @@ fn main() {
     }
 }
 
-/// Microseconds per dispatch of a chain of tiny launches, bind groups cached vs created each time.
-fn dispatch_overhead(g: &WgpuBackend) {
-    let fresh = WgpuBackend::with_options(WgpuOptions { reuse_bindings: false, ..Default::default() }).unwrap();
+/// Microseconds per dispatch of a chain of tiny launches in the two binding modes (WgpuOptions
+/// `reuse_bindings`; the default is the ring on hardware adapters, per dispatch on software ones).
+fn dispatch_overhead() {
+    let mode = |reuse| WgpuBackend::with_options(WgpuOptions { reuse_bindings: Some(reuse), ..Default::default() });
+    let (ring, fresh) = (mode(true).unwrap(), mode(false).unwrap());
     let mut line = "dispatch overhead (2000 x scale, 256 elements):".to_string();
-    for (label, be) in [("bind groups cached", g), ("one bind group per dispatch", &fresh)] {
+    for (label, be) in
+        [("params ring + cached bind groups", &ring), ("params buffer + bind group per dispatch", &fresh)]
+    {
         let x0 = be.upload(&[1.0; 256]).unwrap();
         let s = time(be, 3, || {
             let mut x = be.scale(&x0, 1.0).unwrap();

@@ -10,10 +10,12 @@
 //! encoder, never with `queue.write_buffer` (which would run BEFORE already-recorded work and could
 //! overwrite a pooled buffer that earlier work still reads).
 //!
-//! Params uniforms: one ring of `MAX_PENDING` slots, written with `queue.write_buffer` and bound
-//! at a dynamic offset. That is safe where uploads are not: slot i is written once per submission
-//! (the slot is the pass's index in it), the write lands before that submission's passes and
-//! after every earlier submission (queue order), so each pass reads its own params. Bind groups
+//! Params uniforms (hardware adapters; `Options::reuse_bindings`): one ring of `MAX_PENDING` slots bound at a dynamic offset, the slot being the
+//! pass's index in its submission. The params of a submission's passes are gathered on the host
+//! and written with one `queue.write_buffer` just before the submit. That is safe where uploads
+//! are not: the write lands before that submission's passes and after every earlier submission
+//! (queue order), so each pass reads its own params; and it is one staging copy per submission
+//! instead of one buffer per dispatch. Bind groups
 //! (storage buffers + the ring) are cached by pipeline and buffer ranges: a training step binds
 //! the same pooled buffers every step, so after the first step no bind group is created.
 
@@ -30,6 +32,9 @@ pub const ALLOW_SOFTWARE_ENV: &str = "LORAFORGE_ALLOW_SOFTWARE_ADAPTER";
 pub const SUBGROUPS_ENV: &str = "LORAFORGE_WGPU_SUBGROUPS";
 /// `LORAFORGE_WGPU_VEC4=0`: the matmul loads scalars even where 16-byte loads would do.
 pub const VEC4_ENV: &str = "LORAFORGE_WGPU_VEC4";
+/// `LORAFORGE_WGPU_REUSE_BINDINGS=0|1`: per-dispatch params and bind groups, or the params ring and
+/// cached bind groups, whatever the adapter (`Options::reuse_bindings`).
+pub const REUSE_BINDINGS_ENV: &str = "LORAFORGE_WGPU_REUSE_BINDINGS";
 
 /// How to open the device. `Default`: the adapter's own limits, subgroup operations when the
 /// adapter has them (unless `LORAFORGE_WGPU_SUBGROUPS=0`).
@@ -44,15 +49,20 @@ pub struct Options {
     /// Let the matmul use 16-byte global loads where its operands are aligned (matmul.wgsl
     /// `main_vec4`); `false` keeps scalar loads everywhere.
     pub vec4_loads: bool,
-    /// Reuse bind groups across dispatches that bind the same buffers (pipelines.rs `dispatch`);
-    /// `false` creates one per dispatch (for comparisons in benches/wgpu_ops.rs).
-    pub reuse_bindings: bool,
+    /// Params in one ring of uniform slots bound at dynamic offsets, and bind groups cached by
+    /// the buffers they bind (`true`); or a fresh params buffer and bind group per dispatch
+    /// (`false`). `None`: the ring on hardware adapters, per dispatch on software ones (on lavapipe,
+    /// Mesa 25, the ring measured 64-78 us per tiny dispatch against 39-83 us, median 54, per
+    /// dispatch: its dynamic offsets cost more than the buffers they save; profiled, the ring
+    /// halves the host time spent in wgpu and loraforge, what a hardware GPU waits on). `LORAFORGE_WGPU_REUSE_BINDINGS=0|1` overrides the default.
+    pub reuse_bindings: Option<bool>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         let on = |var: &str| std::env::var(var).map(|v| v != "0").unwrap_or(true);
-        Options { binding_cap: None, subgroups: on(SUBGROUPS_ENV), vec4_loads: on(VEC4_ENV), reuse_bindings: true }
+        let reuse_bindings = std::env::var(REUSE_BINDINGS_ENV).ok().map(|v| v != "0");
+        Options { binding_cap: None, subgroups: on(SUBGROUPS_ENV), vec4_loads: on(VEC4_ENV), reuse_bindings }
     }
 }
 /// Passes recorded before the encoder is submitted (bounds the host-side command memory and
@@ -81,7 +91,7 @@ pub struct Ctx {
     /// The params ring (`MAX_PENDING` slots of `param_slot` bytes), see the module docs.
     pub params_ring: wgpu::Buffer,
     pub param_slot: u64,
-    /// `Options::reuse_bindings`.
+    /// `Options::reuse_bindings`, resolved for this adapter.
     pub reuse_bindings: bool,
     /// Dispatches recorded and bind groups created (cache misses), for tests and benchmarks.
     pub counters: Mutex<DispatchStats>,
@@ -101,6 +111,23 @@ pub struct DispatchStats {
 struct Pending {
     encoder: Option<wgpu::CommandEncoder>,
     passes: usize,
+    /// The params of this submission's passes, slot by slot (written to the ring at submit).
+    params: Vec<u8>,
+}
+
+impl Ctx {
+    /// Submits the pending encoder: first the params of its passes into the ring (one write, which
+    /// wgpu places before this submission and after every earlier one), then the passes.
+    fn submit(&self, p: &mut Pending) {
+        if let Some(enc) = p.encoder.take() {
+            if !p.params.is_empty() {
+                self.queue.write_buffer(&self.params_ring, 0, &p.params);
+                p.params.clear();
+            }
+            p.passes = 0;
+            self.queue.submit([enc.finish()]);
+        }
+    }
 }
 
 /// Vulkan, Metal and DX12 (primary backends) unless WGPU_BACKEND says otherwise: the GL backend
@@ -253,14 +280,15 @@ impl Ctx {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let reuse_bindings = opts.reuse_bindings.unwrap_or(info.device_type != wgpu::DeviceType::Cpu);
         Ok(Arc::new(Ctx {
             dummy,
             params_ring,
             param_slot,
-            reuse_bindings: opts.reuse_bindings,
+            reuse_bindings,
             counters: Mutex::new(DispatchStats::default()),
             pool: Pool::new(max_buffer),
-            pipelines: Pipelines::new(features.contains(wgpu::Features::SUBGROUP)),
+            pipelines: Pipelines::new(features.contains(wgpu::Features::SUBGROUP), reuse_bindings),
             device,
             queue,
             info,
@@ -350,9 +378,7 @@ impl Ctx {
         f(enc);
         p.passes += 1;
         if p.passes >= MAX_PENDING {
-            let enc = p.encoder.take().expect("just inserted");
-            p.passes = 0;
-            self.queue.submit([enc.finish()]);
+            self.submit(&mut p);
         }
     }
 
@@ -367,7 +393,8 @@ impl Ctx {
     ) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let off = p.passes as u64 * self.param_slot;
-        self.queue.write_buffer(&self.params_ring, off, params);
+        p.params.resize(off as usize, 0);
+        p.params.extend_from_slice(params);
         let enc = p.encoder.get_or_insert_with(|| {
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("loraforge.ops") })
         });
@@ -379,19 +406,14 @@ impl Ctx {
         }
         p.passes += 1;
         if p.passes >= MAX_PENDING {
-            let enc = p.encoder.take().expect("just inserted");
-            p.passes = 0;
-            self.queue.submit([enc.finish()]);
+            self.submit(&mut p);
         }
     }
 
     /// Submits the pending encoder, if any.
     pub fn flush(&self) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(enc) = p.encoder.take() {
-            p.passes = 0;
-            self.queue.submit([enc.finish()]);
-        }
+        self.submit(&mut p);
     }
 
     /// The first device error since the last check, as an `Error`.

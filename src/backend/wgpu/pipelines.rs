@@ -15,6 +15,7 @@ use super::device::Ctx;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use wgpu::util::DeviceExt;
 
 /// `shaders/<file>` as a string literal.
 macro_rules! wgsl {
@@ -133,6 +134,8 @@ pub struct Pipelines {
     /// Build the reducing shaders with subgroup builtins (the device has SUBGROUP and they were
     /// not turned off).
     pub subgroups: bool,
+    /// Params at dynamic offsets of the device's ring (else a buffer per dispatch).
+    reuse_bindings: bool,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     cache: Mutex<HashMap<KernelKey, Arc<Compiled>>>,
     /// Bind groups by pipeline and (buffer, offset, size) of each storage binding.
@@ -146,8 +149,8 @@ type BindKey = (KernelKey, Vec<(wgpu::Buffer, u64, u64)>);
 const MAX_BIND_GROUPS: usize = 8192;
 
 impl Pipelines {
-    pub fn new(subgroups: bool) -> Self {
-        Pipelines { subgroups, ..Default::default() }
+    pub fn new(subgroups: bool, reuse_bindings: bool) -> Self {
+        Pipelines { subgroups, reuse_bindings, ..Default::default() }
     }
 
     /// The pipelines compiled so far, as `KernelKey` displays them, sorted.
@@ -197,8 +200,9 @@ impl Pipelines {
             let (ty, has_dynamic_offset) = match ch {
                 'r' => (wgpu::BufferBindingType::Storage { read_only: true }, false),
                 'w' => (wgpu::BufferBindingType::Storage { read_only: false }, false),
-                // The params uniform: a slot of the device's params ring (device.rs).
-                _ => (wgpu::BufferBindingType::Uniform, true),
+                // The params uniform: a slot of the device's params ring (device.rs), or its own
+                // buffer per dispatch.
+                _ => (wgpu::BufferBindingType::Uniform, self.reuse_bindings),
             };
             entries.push(wgpu::BindGroupLayoutEntry {
                 binding: i as u32,
@@ -231,6 +235,19 @@ impl Pipelines {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), c.clone());
         Ok(c)
     }
+}
+
+/// The storage entries of a bind group: binding i = spans[i] (buffer, byte offset, bytes).
+fn bind_entries<'a>(spans: &[(&'a wgpu::Buffer, u64, u64)]) -> Vec<wgpu::BindGroupEntry<'a>> {
+    spans
+        .iter()
+        .enumerate()
+        .map(|(i, &(buffer, offset, bytes))| {
+            let size = std::num::NonZeroU64::new(bytes);
+            let resource = wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer, offset, size });
+            wgpu::BindGroupEntry { binding: i as u32, resource }
+        })
+        .collect()
 }
 
 /// Max workgroups along one dispatch dimension (WebGPU's default limit).
@@ -295,16 +312,35 @@ pub fn dispatch(
         }
         spans.push((b.buf, offset, bytes));
     }
+    if !ctx.reuse_bindings {
+        // A params buffer and a bind group of its own (created mapped, so the params are in place
+        // before any later-recorded work, whatever the order of submissions).
+        let ubuf = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("loraforge.params"),
+            contents: bytemuck::cast_slice(&words),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = bind_entries(&spans);
+        entries.push(wgpu::BindGroupEntry { binding: binds.len() as u32, resource: ubuf.as_entire_binding() });
+        let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &c.layout,
+            entries: &entries,
+        });
+        let mut n = ctx.counters.lock().unwrap_or_else(|e| e.into_inner());
+        n.bind_groups_created += 1;
+        n.dispatches += 1;
+        drop(n);
+        ctx.record(|enc| {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+            pass.set_pipeline(&c.pipeline);
+            pass.set_bind_group(0, &bg, &[]);
+            pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+        });
+        return Ok(());
+    }
     let create = || {
-        let mut entries: Vec<wgpu::BindGroupEntry> = spans
-            .iter()
-            .enumerate()
-            .map(|(i, &(buffer, offset, bytes))| {
-                let size = std::num::NonZeroU64::new(bytes);
-                let resource = wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer, offset, size });
-                wgpu::BindGroupEntry { binding: i as u32, resource }
-            })
-            .collect();
+        let mut entries = bind_entries(&spans);
         let size = std::num::NonZeroU64::new(ctx.param_slot);
         let ring = wgpu::BufferBinding { buffer: &ctx.params_ring, offset: 0, size };
         entries
@@ -312,7 +348,7 @@ pub fn dispatch(
         ctx.counters.lock().unwrap_or_else(|e| e.into_inner()).bind_groups_created += 1;
         ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &c.layout, entries: &entries })
     };
-    let bg = if ctx.reuse_bindings {
+    let bg = {
         let bkey: BindKey = (key, spans.iter().map(|&(b, o, n)| (b.clone(), o, n)).collect());
         let mut cache = ctx.pipelines.bind_groups.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(bg) = cache.get(&bkey) {
@@ -325,8 +361,6 @@ pub fn dispatch(
             cache.insert(bkey, bg.clone());
             bg
         }
-    } else {
-        create()
     };
     ctx.counters.lock().unwrap_or_else(|e| e.into_inner()).dispatches += 1;
     ctx.record_dispatch(&c.pipeline, &bg, bytemuck::cast_slice(&words), groups);
