@@ -68,6 +68,14 @@ fn run<B: Backend>(be: B, quant: Option<u32>, tag: &str) -> Vec<(f64, f64)> {
 
 fn compare(quant: Option<u32>, tag: &str) {
     let Some(gpu) = gpu() else { return };
+    // The LoRA run binds params through the ring and cached bind groups (the hardware default),
+    // the QLoRA run through the adapter's default (per dispatch on lavapipe): both modes train.
+    let gpu = if quant.is_none() {
+        use loraforge::backend::wgpu::WgpuOptions;
+        WgpuBackend::with_options(WgpuOptions { reuse_bindings: Some(true), ..Default::default() }).unwrap()
+    } else {
+        gpu
+    };
     let cpu = run(CpuBackend::new(), quant, &format!("{tag}-cpu"));
     let gpu = run(gpu, quant, &format!("{tag}-gpu"));
     for (i, ((lc, gc), (lg, gg))) in cpu.iter().zip(&gpu).enumerate() {
