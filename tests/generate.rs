@@ -494,6 +494,31 @@ fn generate_stops_on_stop_ids_max_tokens_and_callback() {
     assert_eq!(generate(&m, &prompt, &one, &mut |_| true).unwrap(), all[..1].to_vec());
 }
 
+/// `KvCache::reserve` (what `generate` does with prompt + max_new_tokens): the same logits as a
+/// cache that grows, and the buffers are sized once. Window-4 layers and global ones.
+#[test]
+fn reserved_cache_gives_the_same_logits() {
+    let m = small_model(4, 0.0);
+    let be = CpuBackend::new();
+    let prompt: Vec<u32> = (0..9).map(|i| (i * 7 % 53) as u32).collect();
+    let (mut grow, mut fixed) = (Session::new(&m), Session::new(&m));
+    fixed.cache.reserve(&be, 9 + 80).unwrap();
+    let (mut a, mut b) = (grow.prefill(&prompt).unwrap(), fixed.prefill(&prompt).unwrap());
+    for _ in 0..80 {
+        assert_eq!(a, b);
+        let t = argmax(&a);
+        (a, b) = (grow.step(t).unwrap(), fixed.step(t).unwrap());
+    }
+    assert_eq!(a, b);
+    assert_eq!(grow.cache_bytes(), fixed.cache_bytes());
+    for (l, (g, f)) in grow.cache.layers.iter().zip(&fixed.cache.layers).enumerate() {
+        if g.window.is_none() {
+            // 89 positions: the reserved buffers were never regrown; the growing ones doubled.
+            assert_eq!((f.rows(), f.capacity(), g.capacity()), (89, 89, 128), "layer {l}");
+        }
+    }
+}
+
 /// A cache built for another model is refused, not indexed out of bounds.
 #[test]
 fn cache_mismatch_is_an_error() {

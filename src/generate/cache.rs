@@ -60,6 +60,11 @@ impl<B: Backend> LayerKv<B> {
         self.rows
     }
 
+    /// Rows the buffers can hold before they grow.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
     /// The cached keys and values (first `rows()` rows of each, (rows, KV, D)), downloaded.
     pub fn to_vecs(&self, be: &B) -> Result<(Vec<f32>, Vec<f32>)> {
         let n = self.rows * self.row;
@@ -144,6 +149,24 @@ impl<B: Backend> KvCache<B> {
     /// to twice that (their capacity doubles as the context grows).
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(|l| 2 * l.rows * l.row * std::mem::size_of::<f32>()).sum()
+    }
+
+    /// Sizes every layer's buffers for `positions` cached rows at once (a generation that knows
+    /// its prompt and `max_new_tokens`), so appends never grow them: the cache then holds exactly
+    /// what `plan_inference` counts. Sliding-window layers keep at most 2 * window rows between
+    /// calls (a prefill longer than that grows them once).
+    pub fn reserve(&mut self, be: &B, positions: usize) -> Result<()> {
+        for l in &mut self.layers {
+            let want = match l.window {
+                Some(w) => positions.min(2 * w.max(1)),
+                None => positions,
+            };
+            if want > l.cap {
+                let (k, v) = l.moved(be, want, 0, l.rows)?;
+                (l.k, l.v, l.cap) = (Some(k), Some(v), want);
+            }
+        }
+        Ok(())
     }
 
     /// Forgets everything (keeps the allocations).

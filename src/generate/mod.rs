@@ -77,6 +77,9 @@ pub fn generate<B: Backend>(
         return Ok(out);
     }
     let mut session = Session::new(model);
+    // The whole context is known: size the KV cache once (no growth copies, no slack).
+    let context = prompt_ids.len() + cfg.max_new_tokens - 1;
+    session.cache.reserve(model.norm.backend(), context)?;
     let mut sampler = Sampler::new(cfg);
     let mut seen = prompt_ids.to_vec();
     let mut logits = session.prefill(prompt_ids)?;
