@@ -11,6 +11,9 @@
 // chunk's values. O(D) memory per workgroup whatever S is; no scores matrix.
 // Contracts easy to miss: the cache buffers may hold more than S rows (capacity); rows >= S are
 // never read. A query that sees no key (window 0) gets 0, as the spec. D <= 256 (the launcher checks).
+// F16KV (override): the caches hold f16 pairs packed in u32 words (written by `pack_f16` below),
+// half the memory and reads; arithmetic stays f32. The caches are bound as u32 words either way.
+override F16KV: bool = false;
 struct Params {
     tq: u32, s: u32, h: u32, kv: u32,
     d: u32,
@@ -19,10 +22,20 @@ struct Params {
     softcap: f32,  // 0 = none
 };
 @group(0) @binding(0) var<storage, read>       q:   array<f32>;  // (TQ, H, D)
-@group(0) @binding(1) var<storage, read>       kc:  array<f32>;  // (>= S, KV, D)
-@group(0) @binding(2) var<storage, read>       vc:  array<f32>;  // (>= S, KV, D)
+@group(0) @binding(1) var<storage, read>       kc:  array<u32>;  // (>= S, KV, D) f32 bits or f16 pairs
+@group(0) @binding(2) var<storage, read>       vc:  array<u32>;  // (>= S, KV, D)
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;  // (TQ, H, D)
 @group(0) @binding(4) var<uniform>             p:   Params;
+
+fn k_at(i: u32) -> f32 {
+    if (F16KV) { return unpack2x16float(kc[i / 2u])[i % 2u]; }
+    return bitcast<f32>(kc[i]);
+}
+
+fn v_at(i: u32) -> f32 {
+    if (F16KV) { return unpack2x16float(vc[i / 2u])[i % 2u]; }
+    return bitcast<f32>(vc[i]);
+}
 
 const WG: u32 = 64u;
 const CH: u32 = 256u;       // keys per chunk: 4 per thread
@@ -80,7 +93,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             if (j < hi) {
                 let kb = (j * p.kv + g) * p.d;
                 var dot = 0.0;
-                for (var e = 0u; e < p.d; e++) { dot += qs[e] * kc[kb + e]; }
+                for (var e = 0u; e < p.d; e++) { dot += qs[e] * k_at(kb + e); }
                 sv = p.scale * dot;
                 if (p.softcap > 0.0) { sv = p.softcap * tanh(sv / p.softcap); }
             }
@@ -103,7 +116,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let e = t + WG * u;
             if (e < p.d) {
                 var a = acc[u] * corr;
-                for (var jj = 0u; jj < n; jj++) { a += sc[jj] * vc[((c0 + jj) * p.kv + g) * p.d + e]; }
+                for (var jj = 0u; jj < n; jj++) { a += sc[jj] * v_at(((c0 + jj) * p.kv + g) * p.d + e); }
                 acc[u] = a;
             }
         }
@@ -113,4 +126,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let e = t + WG * u;
         if (e < p.d) { out[idx * p.d + e] = select(0.0, acc[u] / l, l > 0.0); }
     }
+}
+
+// pack_f16: dst[dst_word + i] = the f16 pair (src[2i], src[2i + 1]) for i < n_words: new keys or
+// values appended to an f16 cache. One thread per word.
+struct PackParams { n_words: u32, dst_word: u32, _a: u32, _b: u32 };
+@group(0) @binding(0) var<storage, read>       pk_src: array<f32>;
+@group(0) @binding(1) var<storage, read_write> pk_dst: array<u32>;
+@group(0) @binding(2) var<uniform>             pk:     PackParams;
+
+@compute @workgroup_size(256)
+fn pack_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) t: u32) {
+    let i = (wid.y * nwg.x + wid.x) * 256u + t;
+    if (i >= pk.n_words) { return; }
+    pk_dst[pk.dst_word + i] = pack2x16float(vec2<f32>(pk_src[2u * i], pk_src[2u * i + 1u]));
 }

@@ -822,6 +822,35 @@ fn attention_decode_matches_cpu() {
         if p.window == Some(0) {
             assert!(got.iter().all(|&x| x == 0.0));
         }
+        // The f16 cache: rows packed on the device (after 3 rows of offset, as an append does),
+        // equal to half's round-to-nearest-even; attention over them equals the CPU's over the
+        // same f16 values (as above: only the cache's rounding differs from the f32 path).
+        let n = p.s * row;
+        let (mut kh, mut vh) = (g.zeros((p.s + 8) * row / 2).unwrap(), g.zeros((p.s + 8) * row / 2).unwrap());
+        g.pack_f16_into(&mut kh, 3 * row / 2, &up(g, &k[..n]), n).unwrap();
+        g.pack_f16_into(&mut vh, 3 * row / 2, &up(g, &v[..n]), n).unwrap();
+        let unpack = |w: &[f32]| -> Vec<f32> {
+            w.iter()
+                .flat_map(|x| {
+                    let b = x.to_bits();
+                    [half::f16::from_bits(b as u16).to_f32(), half::f16::from_bits((b >> 16) as u16).to_f32()]
+                })
+                .collect()
+        };
+        let (k16, v16) =
+            (unpack(&down(g, &kh))[3 * row..][..n].to_vec(), unpack(&down(g, &vh))[3 * row..][..n].to_vec());
+        let rne: Vec<f32> = k[..n].iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+        assert_eq!(k16, rne, "pack_f16 rounds to nearest even");
+        let want16 = cdown(
+            &c.attention_decode(&c.upload(&q).unwrap(), &c.upload(&k16).unwrap(), &c.upload(&v16).unwrap(), &p)
+                .unwrap(),
+        );
+        // The kernel reads rows from word 0: hand it the packed rows from their start.
+        let (mut k0, mut v0) = (g.zeros((p.s + 5) * row / 2).unwrap(), g.zeros((p.s + 5) * row / 2).unwrap());
+        g.copy_into(&mut k0, 0, &kh, 3 * row / 2, n / 2).unwrap();
+        g.copy_into(&mut v0, 0, &vh, 3 * row / 2, n / 2).unwrap();
+        let got16 = down(g, &g.attention_decode_f16(&up(g, &q), &k0, &v0, &p).unwrap());
+        assert_close(&got16, &want16, Tol { abs: 1e-6, rel: 1e-5 }, &format!("attention_decode_f16 {p:?}"));
     }
     // Bad shapes are errors: H not a multiple of KV, more queries than keys, short caches, D > 256.
     let p = DecodeParams { h: 3, ..base };

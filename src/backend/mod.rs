@@ -230,6 +230,32 @@ pub trait Backend: Clone + Send + Sync + 'static {
         v: &Self::Storage,
         p: &cpu::attention_decode::DecodeParams,
     ) -> Result<Self::Storage>;
+    /// Should generation keep its KV cache in f16 on this backend (half the memory and reads;
+    /// arithmetic stays f32)? The CPU keeps f32; wgpu uses f16 on SHADER_F16 adapters.
+    fn kv_cache_f16(&self) -> bool {
+        false
+    }
+    /// Packs `n` (even) f32 of `src` into f16 pairs at words [dst_word, dst_word + n / 2) of `dst`
+    /// (a KV cache buffer whose elements are u32 words of two halves).
+    fn pack_f16_into(&self, _dst: &mut Self::Storage, _dst_word: usize, _src: &Self::Storage, _n: usize) -> Result<()> {
+        Err(crate::error::Error::InvalidArgument {
+            op: "pack_f16_into",
+            msg: format!("{} keeps f32 caches", self.name()),
+        })
+    }
+    /// `attention_decode` over caches of f16 pairs written by `pack_f16_into`.
+    fn attention_decode_f16(
+        &self,
+        _q: &Self::Storage,
+        _k: &Self::Storage,
+        _v: &Self::Storage,
+        _p: &cpu::attention_decode::DecodeParams,
+    ) -> Result<Self::Storage> {
+        Err(crate::error::Error::InvalidArgument {
+            op: "attention_decode_f16",
+            msg: format!("{} keeps f32 caches", self.name()),
+        })
+    }
     /// Fused, chunked final projection + cross-entropy. h (N, C), w (V, C), targets (N) with -100 = ignore.
     /// When `grad_scale` is Some(s), also returns dh = s · dloss_sum/dh and (if `need_dw`) dw.
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]

@@ -10,9 +10,11 @@
 //! Contracts easy to miss:
 //! - LoRA adapters are applied as they are, with dropout OFF (the `LoraLinear` forward with p = 0,
 //!   parameters detached so nothing is recorded on a tape). DoRA's magnitude is applied.
-//! - The cache lives in backend storage (device memory on wgpu), f32: the new rows are appended with
+//! - The cache lives in backend storage (device memory on wgpu): the new rows are appended with
 //!   `Backend::copy_into` and attention runs as `Backend::attention_decode`, so a decode step never
-//!   leaves the device until the logits are read back.
+//!   leaves the device until the logits are read back. Where the backend prefers it (wgpu on
+//!   SHADER_F16 adapters) the cache holds f16 (`pack_f16_into`, `attention_decode_f16`): half the
+//!   memory, logits within f16 rounding of the f32 cache's; `KvCache::with_f16` chooses.
 //! - Sliding-window layers keep at most `2 * window` rows: once a layer holds that many, the rows
 //!   no future query can see (older than the last `window - 1`) are dropped in one move (a copy to
 //!   new buffers), so the cost is amortised and the kernel always gets one contiguous buffer.
@@ -36,6 +38,8 @@ pub struct LayerKv<B: Backend> {
     v: Option<B::Storage>,
     rows: usize,
     cap: usize,
+    /// The buffers hold f16 pairs (u32 words, `Backend::pack_f16_into`) instead of f32.
+    f16: bool,
     /// Absolute position of row 0 (> 0 once a sliding-window layer dropped old rows).
     pub pos0: usize,
     /// KV * D: floats per cached position.
@@ -51,8 +55,22 @@ impl<B: Backend> std::fmt::Debug for LayerKv<B> {
 }
 
 impl<B: Backend> LayerKv<B> {
-    fn new(row: usize, window: Option<usize>) -> Self {
-        LayerKv { k: None, v: None, rows: 0, cap: 0, pos0: 0, row, window }
+    fn new(row: usize, window: Option<usize>, f16: bool) -> Self {
+        LayerKv { k: None, v: None, rows: 0, cap: 0, f16, pos0: 0, row, window }
+    }
+
+    /// Storage elements (f32 or u32 words) per cached row.
+    fn row_words(&self) -> usize {
+        if self.f16 {
+            self.row / 2
+        } else {
+            self.row
+        }
+    }
+
+    /// Does this layer cache f16 values?
+    pub fn is_f16(&self) -> bool {
+        self.f16
     }
 
     /// Cached positions.
@@ -67,24 +85,35 @@ impl<B: Backend> LayerKv<B> {
 
     /// The cached keys and values (first `rows()` rows of each, (rows, KV, D)), downloaded.
     pub fn to_vecs(&self, be: &B) -> Result<(Vec<f32>, Vec<f32>)> {
-        let n = self.rows * self.row;
-        match (&self.k, &self.v) {
-            (Some(k), Some(v)) => {
-                let (mut k, mut v) = (be.download(k)?, be.download(v)?);
-                k.truncate(n);
-                v.truncate(n);
-                Ok((k, v))
+        let n = self.rows * self.row_words();
+        let f16 = self.f16;
+        let values = |s: &B::Storage| -> Result<Vec<f32>> {
+            let mut w = be.download(s)?;
+            w.truncate(n);
+            if !f16 {
+                return Ok(w);
             }
+            // Each f32 slot carries the bits of two halves (low half first).
+            Ok(w.iter()
+                .flat_map(|x| {
+                    let b = x.to_bits();
+                    [half::f16::from_bits(b as u16).to_f32(), half::f16::from_bits((b >> 16) as u16).to_f32()]
+                })
+                .collect())
+        };
+        match (&self.k, &self.v) {
+            (Some(k), Some(v)) => Ok((values(k)?, values(v)?)),
             _ => Ok((Vec::new(), Vec::new())),
         }
     }
 
     /// New buffers of `cap` rows holding rows [from, from + keep) of the current ones at row 0.
     fn moved(&self, be: &B, cap: usize, from: usize, keep: usize) -> Result<(B::Storage, B::Storage)> {
-        let (mut k, mut v) = (be.zeros(cap * self.row)?, be.zeros(cap * self.row)?);
+        let rw = self.row_words();
+        let (mut k, mut v) = (be.zeros(cap * rw)?, be.zeros(cap * rw)?);
         if let (Some(ok), Some(ov), true) = (&self.k, &self.v, keep > 0) {
-            be.copy_into(&mut k, 0, ok, from * self.row, keep * self.row)?;
-            be.copy_into(&mut v, 0, ov, from * self.row, keep * self.row)?;
+            be.copy_into(&mut k, 0, ok, from * rw, keep * rw)?;
+            be.copy_into(&mut v, 0, ov, from * rw, keep * rw)?;
         }
         Ok((k, v))
     }
@@ -99,8 +128,13 @@ impl<B: Backend> LayerKv<B> {
         let (Some(dk), Some(dv)) = (self.k.as_mut(), self.v.as_mut()) else {
             return Err(Error::msg("kv cache: buffers missing after growth"));
         };
-        be.copy_into(dk, self.rows * self.row, k, 0, tq * self.row)?;
-        be.copy_into(dv, self.rows * self.row, v, 0, tq * self.row)?;
+        if self.f16 {
+            be.pack_f16_into(dk, self.rows * self.row / 2, k, tq * self.row)?;
+            be.pack_f16_into(dv, self.rows * self.row / 2, v, tq * self.row)?;
+        } else {
+            be.copy_into(dk, self.rows * self.row, k, 0, tq * self.row)?;
+            be.copy_into(dv, self.rows * self.row, v, 0, tq * self.row)?;
+        }
         self.rows += tq;
         Ok(())
     }
@@ -134,21 +168,26 @@ pub struct KvCache<B: Backend> {
 }
 
 impl<B: Backend> KvCache<B> {
-    /// An empty cache shaped for `model`.
+    /// An empty cache shaped for `model`, in f16 where the backend prefers it
+    /// (`Backend::kv_cache_f16`: wgpu on SHADER_F16 adapters), else f32.
     pub fn new(model: &Transformer<B>) -> Self {
-        let layers = model
-            .layers
-            .iter()
-            .map(|l| LayerKv::new(l.cfg.num_key_value_heads * l.cfg.head_dim, l.cfg.sliding_window))
-            .collect();
+        Self::with_f16(model, model.norm.backend().kv_cache_f16())
+    }
+
+    /// An empty cache in f16 (when `f16` and every layer's KV * D is even) or f32.
+    pub fn with_f16(model: &Transformer<B>, f16: bool) -> Self {
+        let rows: Vec<usize> = model.layers.iter().map(|l| l.cfg.num_key_value_heads * l.cfg.head_dim).collect();
+        let f16 = f16 && rows.iter().all(|r| r.is_multiple_of(2));
+        let layers =
+            model.layers.iter().zip(rows).map(|(l, row)| LayerKv::new(row, l.cfg.sliding_window, f16)).collect();
         KvCache { layers, pos: 0 }
     }
 
-    /// Bytes of the cached keys and values (f32), summed over layers: at most
+    /// Bytes of the cached keys and values (f32, or f16: half), summed over layers: at most
     /// 2 · 4 · KV · D · (positions, or 2 · window on sliding layers) per layer. The buffers hold up
     /// to twice that (their capacity doubles as the context grows).
     pub fn bytes(&self) -> usize {
-        self.layers.iter().map(|l| 2 * l.rows * l.row * std::mem::size_of::<f32>()).sum()
+        self.layers.iter().map(|l| 2 * l.rows * l.row_words() * std::mem::size_of::<f32>()).sum()
     }
 
     /// Sizes every layer's buffers for `positions` cached rows at once (a generation that knows
@@ -239,7 +278,11 @@ pub fn layer_forward_cached<B: Backend>(
     let (Some(kc), Some(vc)) = (&kv.k, &kv.v) else {
         return Err(Error::msg("kv cache: no buffers after an append"));
     };
-    let a = be.attention_decode(q.storage(), kc, vc, &p)?; // (TQ, H, D)
+    let a = if kv.f16 {
+        be.attention_decode_f16(q.storage(), kc, vc, &p)?
+    } else {
+        be.attention_decode(q.storage(), kc, vc, &p)?
+    }; // (TQ, H, D)
     kv.trim(&be)?;
     let a = Tensor::from_storage(&be, a, [1, tq, h * hd].into(), None);
     let mut o = proj_eval(tape, &layer.o_proj, &a)?;

@@ -35,6 +35,8 @@ pub const VEC4_ENV: &str = "LORAFORGE_WGPU_VEC4";
 /// `LORAFORGE_WGPU_REUSE_BINDINGS=0|1`: per-dispatch params and bind groups, or the params ring and
 /// cached bind groups, whatever the adapter (`Options::reuse_bindings`).
 pub const REUSE_BINDINGS_ENV: &str = "LORAFORGE_WGPU_REUSE_BINDINGS";
+/// `LORAFORGE_WGPU_KV_F16=0|1`: generation's KV cache in f32 or f16 whatever the adapter.
+pub const KV_F16_ENV: &str = "LORAFORGE_WGPU_KV_F16";
 
 /// How to open the device. `Default`: the adapter's own limits, subgroup operations when the
 /// adapter has them (unless `LORAFORGE_WGPU_SUBGROUPS=0`).
@@ -56,13 +58,17 @@ pub struct Options {
     /// dispatch: its dynamic offsets cost more than the buffers they save; profiled, the ring
     /// halves the host time spent in wgpu and loraforge, what a hardware GPU waits on). `LORAFORGE_WGPU_REUSE_BINDINGS=0|1` overrides the default.
     pub reuse_bindings: Option<bool>,
+    /// Keep generation's KV cache in f16 (`true`) or f32. `None`: f16 where the adapter has
+    /// SHADER_F16. `LORAFORGE_WGPU_KV_F16=0|1` overrides the default.
+    pub kv_f16: Option<bool>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         let on = |var: &str| std::env::var(var).map(|v| v != "0").unwrap_or(true);
         let reuse_bindings = std::env::var(REUSE_BINDINGS_ENV).ok().map(|v| v != "0");
-        Options { binding_cap: None, subgroups: on(SUBGROUPS_ENV), vec4_loads: on(VEC4_ENV), reuse_bindings }
+        let kv_f16 = std::env::var(KV_F16_ENV).ok().map(|v| v != "0");
+        Options { binding_cap: None, subgroups: on(SUBGROUPS_ENV), vec4_loads: on(VEC4_ENV), reuse_bindings, kv_f16 }
     }
 }
 /// Passes recorded before the encoder is submitted (bounds the host-side command memory and
@@ -93,6 +99,8 @@ pub struct Ctx {
     pub param_slot: u64,
     /// `Options::reuse_bindings`, resolved for this adapter.
     pub reuse_bindings: bool,
+    /// `Options::kv_f16`, resolved for this adapter.
+    pub kv_f16: bool,
     /// Dispatches recorded and bind groups created (cache misses), for tests and benchmarks.
     pub counters: Mutex<DispatchStats>,
     /// Set by wgpu's device-lost callback (driver reset, GPU removed, `destroy`). From then on
@@ -286,6 +294,7 @@ impl Ctx {
             params_ring,
             param_slot,
             reuse_bindings,
+            kv_f16: opts.kv_f16.unwrap_or(features.contains(wgpu::Features::SHADER_F16)),
             counters: Mutex::new(DispatchStats::default()),
             pool: Pool::new(max_buffer),
             pipelines: Pipelines::new(features.contains(wgpu::Features::SUBGROUP), reuse_bindings),

@@ -762,6 +762,44 @@ impl WgpuBackend {
         Ok(out)
     }
 
+    /// attention_decode.wgsl over f32 caches, or f16 pairs (`F16KV`): both bound as u32 words.
+    fn decode_launch(
+        &self,
+        q: &WgpuStorage,
+        k: &WgpuStorage,
+        v: &WgpuStorage,
+        p: &crate::backend::cpu::attention_decode::DecodeParams,
+        f16: bool,
+    ) -> Result<WgpuStorage> {
+        const OP: &str = "attention_decode";
+        // Cache lengths in f32 elements: an f16 cache of N words holds 2N values.
+        let f = if f16 { 2 } else { 1 };
+        crate::backend::cpu::attention_decode::check_decode(OP, q.len, k.len * f, v.len * f, p)?;
+        if p.d > ATTN_DMAX {
+            return Err(bad(OP, format!("head dim {} > {ATTN_DMAX} (attention_decode.wgsl)", p.d)));
+        }
+        let out = self.alloc(OP, q.len)?;
+        dispatch(
+            &self.ctx,
+            OP,
+            "main",
+            &[("F16KV", f16 as u32 as f64)],
+            &[Bind::r(q.b()), Bind::r(k.b()), Bind::r(v.b()), Bind::w(out.b())],
+            &[
+                u(p.tq),
+                u(p.s),
+                u(p.h),
+                u(p.kv_heads),
+                u(p.d),
+                p.scale.to_bits(),
+                p.window.map_or(u32::MAX, |w| w.min(u32::MAX as usize - 1) as u32),
+                p.softcap.unwrap_or(0.0).to_bits(),
+            ],
+            grid_1d(p.tq * p.h),
+        )?;
+        Ok(out)
+    }
+
     fn dropout_launch(&self, x: &WgpuStorage, p: f32, seed: u64, offset: u64) -> Result<WgpuStorage> {
         if !(0.0..1.0).contains(&p) {
             return Err(bad("dropout", format!("p = {p} must be in [0, 1)")));
@@ -1504,31 +1542,35 @@ impl Backend for WgpuBackend {
         v: &WgpuStorage,
         p: &crate::backend::cpu::attention_decode::DecodeParams,
     ) -> Result<WgpuStorage> {
-        const OP: &str = "attention_decode";
-        crate::backend::cpu::attention_decode::check_decode(OP, q.len, k.len, v.len, p)?;
-        if p.d > ATTN_DMAX {
-            return Err(bad(OP, format!("head dim {} > {ATTN_DMAX} (attention_decode.wgsl)", p.d)));
+        self.decode_launch(q, k, v, p, false)
+    }
+    fn kv_cache_f16(&self) -> bool {
+        self.ctx.kv_f16
+    }
+    fn pack_f16_into(&self, dst: &mut WgpuStorage, dst_word: usize, src: &WgpuStorage, n: usize) -> Result<()> {
+        const OP: &str = "pack_f16_into";
+        if !n.is_multiple_of(2) || n > src.len || dst_word.checked_add(n / 2).is_none_or(|e| e > dst.len) {
+            return Err(bad(OP, format!("{n} f32 of {} into words {dst_word}.. of {}", src.len, dst.len)));
         }
-        let out = self.alloc(OP, q.len)?;
+        let words = n / 2;
         dispatch(
             &self.ctx,
-            OP,
-            "main",
+            "attention_decode",
+            "pack_f16",
             &[],
-            &[Bind::r(q.b()), Bind::r(k.b()), Bind::r(v.b()), Bind::w(out.b())],
-            &[
-                u(p.tq),
-                u(p.s),
-                u(p.h),
-                u(p.kv_heads),
-                u(p.d),
-                p.scale.to_bits(),
-                p.window.map_or(u32::MAX, |w| w.min(u32::MAX as usize - 1) as u32),
-                p.softcap.unwrap_or(0.0).to_bits(),
-            ],
-            grid_1d(p.tq * p.h),
-        )?;
-        Ok(out)
+            &[Bind::r(src.b()), Bind::w(dst.b())],
+            &[u(words), u(dst_word), 0, 0],
+            grid_1d(words.div_ceil(256)),
+        )
+    }
+    fn attention_decode_f16(
+        &self,
+        q: &WgpuStorage,
+        k: &WgpuStorage,
+        v: &WgpuStorage,
+        p: &crate::backend::cpu::attention_decode::DecodeParams,
+    ) -> Result<WgpuStorage> {
+        self.decode_launch(q, k, v, p, true)
     }
     fn linear_cross_entropy(
         &self,
