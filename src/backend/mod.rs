@@ -230,6 +230,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
         v: &Self::Storage,
         p: &cpu::attention_decode::DecodeParams,
     ) -> Result<Self::Storage>;
+    /// The largest tensor one kernel launch can take whole (wgpu: one storage binding), if any.
+    /// The trainer splits a micro-batch in rows when its activations would exceed it.
+    fn max_tensor_bytes(&self) -> Option<u64> {
+        None
+    }
     /// Should generation keep its KV cache in f16 on this backend (half the memory and reads;
     /// arithmetic stays f32)? The CPU keeps f32; wgpu uses f16 on SHADER_F16 adapters.
     fn kv_cache_f16(&self) -> bool {

@@ -31,6 +31,7 @@ pub struct Transformer<B: Backend> {
 }
 
 /// One batch of token rows: ids and targets (B*T), with -100 targets ignored.
+#[derive(Clone, Debug)]
 pub struct Batch {
     pub b: usize,
     pub t: usize,
@@ -172,7 +173,46 @@ impl<B: Backend> Transformer<B> {
     }
 }
 
+impl<B: Backend> Transformer<B> {
+    /// Bytes of the widest activation one row of `t` tokens makes in the forward or backward
+    /// ((T, max(C, intermediate, H * D)) f32): what must fit one kernel launch.
+    pub fn activation_row_bytes(&self, t: usize) -> u64 {
+        let widest = self
+            .layers
+            .iter()
+            .map(|l| {
+                let c = &l.cfg;
+                c.hidden_size.max(c.intermediate_size).max(c.num_attention_heads * c.head_dim)
+            })
+            .max()
+            .unwrap_or(self.block.hidden_size);
+        (t * widest * 4) as u64
+    }
+}
+
 impl Batch {
+    /// Rows [r0, r1) of the batch, as a batch of its own.
+    pub fn rows(&self, r0: usize, r1: usize) -> Batch {
+        let (a, z) = (r0 * self.t, r1 * self.t);
+        Batch {
+            b: r1 - r0,
+            t: self.t,
+            ids: self.ids[a..z].into(),
+            targets: self.targets[a..z].to_vec(),
+            positions: self.positions[a..z].into(),
+            segment_ids: self.segment_ids.as_ref().map(|s| s[a..z].into()),
+        }
+    }
+
+    /// The batch in pieces of at most `max_rows` rows (itself when it has no more).
+    pub fn split_rows(&self, max_rows: usize) -> Vec<Batch> {
+        let m = max_rows.max(1);
+        if self.b <= m {
+            return vec![self.clone()];
+        }
+        (0..self.b).step_by(m).map(|r0| self.rows(r0, (r0 + m).min(self.b))).collect()
+    }
+
     /// One row of token ids, for inference.
     pub fn single(ids: &[u32]) -> Self {
         let t = ids.len();

@@ -35,6 +35,8 @@ pub fn accumulate<B: Backend>(
 ) -> Result<(Grads<B>, StepOutput)> {
     let be = model.norm.backend().clone();
     let total: usize = micro.iter().map(|b| b.targets.iter().filter(|&&t| t != -100).count()).sum();
+    let pieces = fit_backend(model, micro);
+    let micro: &[Batch] = &pieces;
     let mut grads = Grads::default();
     let mut out = StepOutput { trained_tokens: total, ..Default::default() };
     let mut loss_sum = 0.0;
@@ -74,11 +76,27 @@ pub fn train_step<B: Backend>(
 /// Mean loss over the trained tokens of `batches`, no gradients (evaluation).
 pub fn evaluate<B: Backend>(model: &Transformer<B>, batches: &[Batch]) -> Result<(f64, usize)> {
     let (mut sum, mut count) = (0.0, 0);
-    for b in batches {
+    for b in &fit_backend(model, batches) {
         let mut tape = Tape::no_grad();
         let l = model.loss(&mut tape, b, false, None)?;
         sum += l.loss_sum;
         count += l.count;
     }
     Ok((if count > 0 { sum / count as f64 } else { 0.0 }, count))
+}
+
+/// The micro-batches, each split in rows where its activations would not fit one kernel launch of
+/// the backend (`Backend::max_tensor_bytes`: one storage binding on wgpu, 128 MiB on lavapipe).
+/// Gradients are unchanged (every piece is weighed by its own token count, above); with dropout
+/// the pieces draw their own masks. A single row too wide to fit is left whole (the op that
+/// cannot take it says so).
+fn fit_backend<B: Backend>(model: &Transformer<B>, micro: &[Batch]) -> Vec<Batch> {
+    let Some(max) = model.norm.backend().max_tensor_bytes() else { return micro.to_vec() };
+    micro
+        .iter()
+        .flat_map(|b| {
+            let row = model.activation_row_bytes(b.t).max(1);
+            b.split_rows((max / row) as usize)
+        })
+        .collect()
 }

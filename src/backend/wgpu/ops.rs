@@ -1049,9 +1049,10 @@ impl Backend for WgpuBackend {
         }
         if d.trans_b && d.batch == 1 && !self.fits(b.len) {
             // A linear layer over a weight larger than one binding (the logits of a fully tuned
-            // head): one launch per window of weight rows, each filling its columns of C. Windows
-            // are a multiple of the offset alignment in rows, so the bias window starts aligned.
-            let mult = (self.ctx.binding_align() / 4) as usize;
+            // head): one launch per window of weight rows, each filling its columns of C. With a
+            // bias, windows are a multiple of the offset alignment in rows, so the bias window
+            // starts aligned; else of 4 (vec4 loads stay aligned when K is).
+            let mult = if bias.is_some() { (self.ctx.binding_align() / 4) as usize } else { 4 };
             for (n0, nn) in self.row_windows("matmul", d.n, d.k, mult)? {
                 let (wb, rel) = self.window(b.b(), n0 * d.k, nn * d.k);
                 let bw = bias.map(|x| span(x.b(), n0, nn));
@@ -1546,6 +1547,9 @@ impl Backend for WgpuBackend {
     }
     fn kv_cache_f16(&self) -> bool {
         self.ctx.kv_f16
+    }
+    fn max_tensor_bytes(&self) -> Option<u64> {
+        Some(self.ctx.max_binding())
     }
     fn pack_f16_into(&self, dst: &mut WgpuStorage, dst_word: usize, src: &WgpuStorage, n: usize) -> Result<()> {
         const OP: &str = "pack_f16_into";
