@@ -812,12 +812,13 @@ fn attention_decode_matches_cpu() {
                 &c.upload(&k[..p.s * row]).unwrap(),
                 &c.upload(&v[..p.s * row]).unwrap(),
                 &p,
+                false,
             )
             .unwrap(),
         );
         k[p.s * row..].fill(f32::NAN);
         v[p.s * row..].fill(f32::NAN);
-        let got = down(g, &g.attention_decode(&up(g, &q), &up(g, &k), &up(g, &v), &p).unwrap());
+        let got = down(g, &g.attention_decode(&up(g, &q), &up(g, &k), &up(g, &v), &p, false).unwrap());
         assert_close(&got, &want, Tol { abs: 1e-6, rel: 1e-5 }, &format!("attention_decode {p:?}"));
         if p.window == Some(0) {
             assert!(got.iter().all(|&x| x == 0.0));
@@ -829,38 +830,43 @@ fn attention_decode_matches_cpu() {
         let (mut kh, mut vh) = (g.zeros((p.s + 8) * row / 2).unwrap(), g.zeros((p.s + 8) * row / 2).unwrap());
         g.pack_f16_into(&mut kh, 3 * row / 2, &up(g, &k[..n]), n).unwrap();
         g.pack_f16_into(&mut vh, 3 * row / 2, &up(g, &v[..n]), n).unwrap();
-        let unpack = |w: &[f32]| -> Vec<f32> {
-            w.iter()
-                .flat_map(|x| {
-                    let b = x.to_bits();
-                    [half::f16::from_bits(b as u16).to_f32(), half::f16::from_bits((b >> 16) as u16).to_f32()]
-                })
-                .collect()
-        };
+        let unpack = |w: &[f32]| loraforge::backend::unpack_f16_pairs(w);
         let (k16, v16) =
             (unpack(&down(g, &kh))[3 * row..][..n].to_vec(), unpack(&down(g, &vh))[3 * row..][..n].to_vec());
         let rne: Vec<f32> = k[..n].iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
         assert_eq!(k16, rne, "pack_f16 rounds to nearest even");
         let want16 = cdown(
-            &c.attention_decode(&c.upload(&q).unwrap(), &c.upload(&k16).unwrap(), &c.upload(&v16).unwrap(), &p)
+            &c.attention_decode(&c.upload(&q).unwrap(), &c.upload(&k16).unwrap(), &c.upload(&v16).unwrap(), &p, false)
                 .unwrap(),
         );
         // The kernel reads rows from word 0: hand it the packed rows from their start.
         let (mut k0, mut v0) = (g.zeros((p.s + 5) * row / 2).unwrap(), g.zeros((p.s + 5) * row / 2).unwrap());
         g.copy_into(&mut k0, 0, &kh, 3 * row / 2, n / 2).unwrap();
         g.copy_into(&mut v0, 0, &vh, 3 * row / 2, n / 2).unwrap();
-        let got16 = down(g, &g.attention_decode_f16(&up(g, &q), &k0, &v0, &p).unwrap());
+        let got16 = down(g, &g.attention_decode(&up(g, &q), &k0, &v0, &p, true).unwrap());
         assert_close(&got16, &want16, Tol { abs: 1e-6, rel: 1e-5 }, &format!("attention_decode_f16 {p:?}"));
     }
     // Bad shapes are errors: H not a multiple of KV, more queries than keys, short caches, D > 256.
     let p = DecodeParams { h: 3, ..base };
-    assert!(g.attention_decode(&up(g, &[0.0; 24]), &up(g, &[0.0; 16]), &up(g, &[0.0; 16]), &p).is_err());
+    assert!(g.attention_decode(&up(g, &[0.0; 24]), &up(g, &[0.0; 16]), &up(g, &[0.0; 16]), &p, false).is_err());
     let p = DecodeParams { tq: 2, ..base };
-    assert!(g.attention_decode(&up(g, &[0.0; 64]), &up(g, &[0.0; 16]), &up(g, &[0.0; 16]), &p).is_err());
+    assert!(g.attention_decode(&up(g, &[0.0; 64]), &up(g, &[0.0; 16]), &up(g, &[0.0; 16]), &p, false).is_err());
     let p = DecodeParams { s: 3, ..base };
-    assert!(g.attention_decode(&up(g, &[0.0; 32]), &up(g, &[0.0; 16]), &up(g, &[0.0; 16]), &p).is_err());
+    assert!(g.attention_decode(&up(g, &[0.0; 32]), &up(g, &[0.0; 16]), &up(g, &[0.0; 16]), &p, false).is_err());
     let p = DecodeParams { d: 320, h: 1, kv_heads: 1, ..base };
-    assert!(g.attention_decode(&up(g, &[0.0; 320]), &up(g, &[0.0; 320]), &up(g, &[0.0; 320]), &p).is_err());
+    assert!(g.attention_decode(&up(g, &[0.0; 320]), &up(g, &[0.0; 320]), &up(g, &[0.0; 320]), &p, false).is_err());
+    // The cache's copies and packing refuse ranges past either end and an odd f16 count; the CPU
+    // refuses f16 caches.
+    let (mut dst, src) = (g.zeros(8).unwrap(), up(g, &[1.0; 6]));
+    assert!(g.copy_into(&mut dst, 4, &src, 0, 5).is_err());
+    assert!(g.copy_into(&mut dst, 0, &src, 2, 5).is_err());
+    assert!(g.pack_f16_into(&mut dst, 0, &src, 5).is_err());
+    assert!(g.pack_f16_into(&mut dst, 6, &src, 6).is_err());
+    let (mut cd, cs) = (c.zeros(8).unwrap(), c.upload(&[1.0; 6]).unwrap());
+    assert!(c.copy_into(&mut cd, 4, &cs, 0, 5).is_err());
+    assert!(c.copy_into(&mut cd, 0, &cs, usize::MAX, 2).is_err());
+    let (q1, k1) = (c.upload(&[0.0; 32]).unwrap(), c.upload(&[0.0; 16]).unwrap());
+    assert!(c.attention_decode(&q1, &k1, &k1, &base, true).is_err());
 }
 
 /// T = 67 spans a 64-wide block plus a partial one; D = 8 and 16; GQA 4/2 and MQA 3/1.

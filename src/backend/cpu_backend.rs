@@ -408,7 +408,11 @@ impl Backend for CpuBackend {
         k: &CpuStorage,
         v: &CpuStorage,
         p: &cpu::attention_decode::DecodeParams,
+        f16: bool,
     ) -> Result<CpuStorage> {
+        if f16 {
+            return Err(Error::InvalidArgument { op: "attention_decode", msg: "the CPU keeps f32 caches".into() });
+        }
         cpu::attention_decode::check_decode("attention_decode", q.data.len(), k.data.len(), v.data.len(), p)?;
         let n = p.s * p.kv_heads * p.d;
         let mut out = vec![0.0f32; p.tq * p.h * p.d];

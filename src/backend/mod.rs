@@ -48,6 +48,18 @@ pub struct AdamWParams {
     pub step: u64,
 }
 
+/// The values a storage written by `Backend::pack_f16_into` holds, read on the host: each f32 slot
+/// carries the bits of two halves, low half first.
+pub fn unpack_f16_pairs(words: &[f32]) -> Vec<f32> {
+    words
+        .iter()
+        .flat_map(|x| {
+            let b = x.to_bits();
+            [half::f16::from_bits(b as u16).to_f32(), half::f16::from_bits((b >> 16) as u16).to_f32()]
+        })
+        .collect()
+}
+
 pub trait Backend: Clone + Send + Sync + 'static {
     /// A device buffer of f32 elements.
     type Storage: Send + Sync + 'static;
@@ -211,8 +223,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// dtable (V, C) = scatter-add of dout rows at ids.
     fn embedding_backward(&self, dout: &Self::Storage, ids: &[u32], v: usize, c: usize) -> Result<Self::Storage>;
 
-    /// dst[dst_at .. dst_at + n] = src[src_at .. src_at + n] (the KV cache's appends and moves;
-    /// `dst` and `src` are different storages).
+    /// dst[dst_at .. dst_at + n] = src[src_at .. src_at + n] (the KV cache's appends and moves).
     fn copy_into(
         &self,
         dst: &mut Self::Storage,
@@ -223,12 +234,14 @@ pub trait Backend: Clone + Send + Sync + 'static {
     ) -> Result<()>;
     /// Attention of TQ new queries q (TQ, H, D) against the first `p.s` rows of the caches k, v
     /// ((rows >= S, KV, D)): out (TQ, H, D). Spec: cpu/attention_decode.rs (generation only).
+    /// `f16`: the caches hold f16 pairs written by `pack_f16_into` (only where `kv_cache_f16`).
     fn attention_decode(
         &self,
         q: &Self::Storage,
         k: &Self::Storage,
         v: &Self::Storage,
         p: &cpu::attention_decode::DecodeParams,
+        f16: bool,
     ) -> Result<Self::Storage>;
     /// The largest tensor one kernel launch can take whole (wgpu: one storage binding), if any.
     /// The trainer splits a micro-batch in rows when its activations would exceed it.
@@ -245,19 +258,6 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn pack_f16_into(&self, _dst: &mut Self::Storage, _dst_word: usize, _src: &Self::Storage, _n: usize) -> Result<()> {
         Err(crate::error::Error::InvalidArgument {
             op: "pack_f16_into",
-            msg: format!("{} keeps f32 caches", self.name()),
-        })
-    }
-    /// `attention_decode` over caches of f16 pairs written by `pack_f16_into`.
-    fn attention_decode_f16(
-        &self,
-        _q: &Self::Storage,
-        _k: &Self::Storage,
-        _v: &Self::Storage,
-        _p: &cpu::attention_decode::DecodeParams,
-    ) -> Result<Self::Storage> {
-        Err(crate::error::Error::InvalidArgument {
-            op: "attention_decode_f16",
             msg: format!("{} keeps f32 caches", self.name()),
         })
     }

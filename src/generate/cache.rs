@@ -13,7 +13,7 @@
 //! - The cache lives in backend storage (device memory on wgpu): the new rows are appended with
 //!   `Backend::copy_into` and attention runs as `Backend::attention_decode`, so a decode step never
 //!   leaves the device until the logits are read back. Where the backend prefers it (wgpu on
-//!   SHADER_F16 adapters) the cache holds f16 (`pack_f16_into`, `attention_decode_f16`): half the
+//!   SHADER_F16 adapters) the cache holds f16 (`pack_f16_into`, `attention_decode(.., f16)`): half the
 //!   memory, logits within f16 rounding of the f32 cache's; `KvCache::with_f16` chooses.
 //! - Sliding-window layers keep at most `2 * window` rows: once a layer holds that many, the rows
 //!   no future query can see (older than the last `window - 1`) are dropped in one move (a copy to
@@ -93,13 +93,7 @@ impl<B: Backend> LayerKv<B> {
             if !f16 {
                 return Ok(w);
             }
-            // Each f32 slot carries the bits of two halves (low half first).
-            Ok(w.iter()
-                .flat_map(|x| {
-                    let b = x.to_bits();
-                    [half::f16::from_bits(b as u16).to_f32(), half::f16::from_bits((b >> 16) as u16).to_f32()]
-                })
-                .collect())
+            Ok(crate::backend::unpack_f16_pairs(&w))
         };
         match (&self.k, &self.v) {
             (Some(k), Some(v)) => Ok((values(k)?, values(v)?)),
@@ -278,11 +272,7 @@ pub fn layer_forward_cached<B: Backend>(
     let (Some(kc), Some(vc)) = (&kv.k, &kv.v) else {
         return Err(Error::msg("kv cache: no buffers after an append"));
     };
-    let a = if kv.f16 {
-        be.attention_decode_f16(q.storage(), kc, vc, &p)?
-    } else {
-        be.attention_decode(q.storage(), kc, vc, &p)?
-    }; // (TQ, H, D)
+    let a = be.attention_decode(q.storage(), kc, vc, &p, kv.f16)?; // (TQ, H, D)
     kv.trim(&be)?;
     let a = Tensor::from_storage(&be, a, [1, tq, h * hd].into(), None);
     let mut o = proj_eval(tape, &layer.o_proj, &a)?;

@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::model::{Batch, Transformer};
 use crate::tape::{Grads, Tape};
 use crate::train::AdamW;
+use std::borrow::Cow;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StepOutput {
@@ -35,8 +36,7 @@ pub fn accumulate<B: Backend>(
 ) -> Result<(Grads<B>, StepOutput)> {
     let be = model.norm.backend().clone();
     let total: usize = micro.iter().map(|b| b.targets.iter().filter(|&&t| t != -100).count()).sum();
-    let pieces = fit_backend(model, micro);
-    let micro: &[Batch] = &pieces;
+    let micro = fit_backend(model, micro);
     let mut grads = Grads::default();
     let mut out = StepOutput { trained_tokens: total, ..Default::default() };
     let mut loss_sum = 0.0;
@@ -90,13 +90,17 @@ pub fn evaluate<B: Backend>(model: &Transformer<B>, batches: &[Batch]) -> Result
 /// Gradients are unchanged (every piece is weighed by its own token count, above); with dropout
 /// the pieces draw their own masks. A single row too wide to fit is left whole (the op that
 /// cannot take it says so).
-fn fit_backend<B: Backend>(model: &Transformer<B>, micro: &[Batch]) -> Vec<Batch> {
-    let Some(max) = model.norm.backend().max_tensor_bytes() else { return micro.to_vec() };
+fn fit_backend<'a, B: Backend>(model: &Transformer<B>, micro: &'a [Batch]) -> Vec<Cow<'a, Batch>> {
+    let max = model.norm.backend().max_tensor_bytes();
     micro
         .iter()
         .flat_map(|b| {
-            let row = model.activation_row_bytes(b.t).max(1);
-            b.split_rows((max / row) as usize)
+            let rows = max.map_or(b.b, |m| (m / model.activation_row_bytes(b.t).max(1)) as usize);
+            if b.b <= rows.max(1) {
+                vec![Cow::Borrowed(b)]
+            } else {
+                b.split_rows(rows).into_iter().map(Cow::Owned).collect()
+            }
         })
         .collect()
 }

@@ -64,35 +64,24 @@ impl DecodeParams {
 
     #[track_caller]
     fn check(&self, q: usize, out: usize, k: usize, v: usize) {
-        let p = self;
-        assert!(
-            p.kv_heads > 0 && p.h.is_multiple_of(p.kv_heads),
-            "attention_decode: H={} not a multiple of KV={}",
-            p.h,
-            p.kv_heads
-        );
-        assert!(p.tq <= p.s, "attention_decode: {} queries but only {} cached keys", p.tq, p.s);
-        assert_eq!(
-            (q, out),
-            (p.tq * p.h * p.d, p.tq * p.h * p.d),
-            "attention_decode: q/out are not (TQ, H, D) = {p:?}"
-        );
-        assert_eq!(
-            (k, v),
-            (p.s * p.kv_heads * p.d, p.s * p.kv_heads * p.d),
-            "attention_decode: caches are not (S, KV, D)"
-        );
+        if let Err(e) = check_decode("attention_decode", q, k, v, self) {
+            panic!("{e}");
+        }
+        assert_eq!(out, q, "attention_decode: out is not (TQ, H, D) = {self:?}");
+        let need = self.s * self.kv_heads * self.d;
+        assert_eq!((k, v), (need, need), "attention_decode: caches are not (S, KV, D)");
     }
 }
 
 /// The checks a backend's `attention_decode` makes before launching (as errors, not panics):
-/// H a multiple of KV, 0 < TQ <= S, q (TQ, H, D), caches of at least S rows.
+/// H a multiple of KV, TQ <= S, q (TQ, H, D), caches of at least S rows (the spec functions
+/// above also want exactly S rows and out like q).
 pub fn check_decode(op: &'static str, q: usize, k: usize, v: usize, p: &DecodeParams) -> crate::error::Result<()> {
     let bad = |msg: String| Err(crate::error::Error::InvalidArgument { op, msg });
     if p.kv_heads == 0 || !p.h.is_multiple_of(p.kv_heads) {
         return bad(format!("H = {} is not a multiple of KV = {}", p.h, p.kv_heads));
     }
-    if p.tq == 0 || p.tq > p.s {
+    if p.tq > p.s {
         return bad(format!("{} queries against {} cached keys", p.tq, p.s));
     }
     if q != p.tq * p.h * p.d {

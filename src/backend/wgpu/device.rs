@@ -97,8 +97,6 @@ pub struct Ctx {
     /// The params ring (`MAX_PENDING` slots of `param_slot` bytes), see the module docs.
     pub params_ring: wgpu::Buffer,
     pub param_slot: u64,
-    /// `Options::reuse_bindings`, resolved for this adapter.
-    pub reuse_bindings: bool,
     /// `Options::kv_f16`, resolved for this adapter.
     pub kv_f16: bool,
     /// Dispatches recorded and bind groups created (cache misses), for tests and benchmarks.
@@ -293,7 +291,6 @@ impl Ctx {
             dummy,
             params_ring,
             param_slot,
-            reuse_bindings,
             kv_f16: opts.kv_f16.unwrap_or(features.contains(wgpu::Features::SHADER_F16)),
             counters: Mutex::new(DispatchStats::default()),
             pool: Pool::new(max_buffer),
@@ -391,26 +388,31 @@ impl Ctx {
         }
     }
 
-    /// Records one compute pass: `params` into this pass's ring slot, then the dispatch with the
-    /// ring bound at that slot (the last binding of `bg`, with a dynamic offset).
+    /// Records one compute pass. `ring_params`: the params go to this pass's ring slot and the
+    /// ring (the last binding of `bg`) is bound at that slot's dynamic offset; `None`: `bg` holds
+    /// its own params buffer.
     pub fn record_dispatch(
         &self,
         pipeline: &wgpu::ComputePipeline,
         bg: &wgpu::BindGroup,
-        params: &[u8],
+        ring_params: Option<&[u8]>,
         groups: (u32, u32, u32),
     ) {
+        self.counters.lock().unwrap_or_else(|e| e.into_inner()).dispatches += 1;
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let off = p.passes as u64 * self.param_slot;
-        p.params.resize(off as usize, 0);
-        p.params.extend_from_slice(params);
+        if let Some(params) = ring_params {
+            p.params.resize(off as usize, 0);
+            p.params.extend_from_slice(params);
+        }
+        let offsets: &[u32] = if ring_params.is_some() { &[off as u32] } else { &[] };
         let enc = p.encoder.get_or_insert_with(|| {
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("loraforge.ops") })
         });
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
             pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, bg, &[off as u32]);
+            pass.set_bind_group(0, bg, offsets);
             pass.dispatch_workgroups(groups.0, groups.1, groups.2);
         }
         p.passes += 1;

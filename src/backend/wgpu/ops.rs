@@ -168,13 +168,11 @@ impl WgpuBackend {
         ((self.ctx.max_binding() / a * a) / 4) as usize
     }
 
-    /// [start, start + len) windows covering `n` elements: one when the tensor fits a binding.
-    fn flat_windows(&self, n: usize) -> Vec<(usize, usize)> {
-        if self.fits(n) {
-            return vec![(0, n)];
-        }
-        let w = self.flat_window();
-        (0..n).step_by(w).map(|e0| (e0, w.min(n - e0))).collect()
+    /// [start, start + len) windows covering `n` elements: one when the tensor fits a binding, none
+    /// when it is empty.
+    fn flat_windows(&self, n: usize) -> impl Iterator<Item = (usize, usize)> {
+        let w = if self.fits(n) { n.max(1) } else { self.flat_window() };
+        (0..n).step_by(w).map(move |e0| (e0, w.min(n - e0)))
     }
 
     /// Windows of whole rows [r0, r0 + rows) of a (rows_total, c) matrix, each within one binding
@@ -758,44 +756,6 @@ impl WgpuBackend {
                 sign.to_bits(),
             ],
             grid_1d(x.len.div_ceil(256)),
-        )?;
-        Ok(out)
-    }
-
-    /// attention_decode.wgsl over f32 caches, or f16 pairs (`F16KV`): both bound as u32 words.
-    fn decode_launch(
-        &self,
-        q: &WgpuStorage,
-        k: &WgpuStorage,
-        v: &WgpuStorage,
-        p: &crate::backend::cpu::attention_decode::DecodeParams,
-        f16: bool,
-    ) -> Result<WgpuStorage> {
-        const OP: &str = "attention_decode";
-        // Cache lengths in f32 elements: an f16 cache of N words holds 2N values.
-        let f = if f16 { 2 } else { 1 };
-        crate::backend::cpu::attention_decode::check_decode(OP, q.len, k.len * f, v.len * f, p)?;
-        if p.d > ATTN_DMAX {
-            return Err(bad(OP, format!("head dim {} > {ATTN_DMAX} (attention_decode.wgsl)", p.d)));
-        }
-        let out = self.alloc(OP, q.len)?;
-        dispatch(
-            &self.ctx,
-            OP,
-            "main",
-            &[("F16KV", f16 as u32 as f64)],
-            &[Bind::r(q.b()), Bind::r(k.b()), Bind::r(v.b()), Bind::w(out.b())],
-            &[
-                u(p.tq),
-                u(p.s),
-                u(p.h),
-                u(p.kv_heads),
-                u(p.d),
-                p.scale.to_bits(),
-                p.window.map_or(u32::MAX, |w| w.min(u32::MAX as usize - 1) as u32),
-                p.softcap.unwrap_or(0.0).to_bits(),
-            ],
-            grid_1d(p.tq * p.h),
         )?;
         Ok(out)
     }
@@ -1527,23 +1487,48 @@ impl Backend for WgpuBackend {
                 format!("{n} elements from {src_at} of {} into {dst_at} of {}", src.len, dst.len),
             ));
         }
-        if Arc::ptr_eq(&dst.buf, &src.buf) {
-            return Err(bad("copy_into", "source and destination are the same buffer".into()));
-        }
         if n > 0 {
             let (s, d) = (src.b(), dst.b());
             self.ctx.record(|enc| enc.copy_buffer_to_buffer(s, src_at as u64 * 4, d, dst_at as u64 * 4, n as u64 * 4));
         }
         Ok(())
     }
+    /// attention_decode.wgsl over f32 caches, or f16 pairs (`F16KV`): both bound as u32 words.
     fn attention_decode(
         &self,
         q: &WgpuStorage,
         k: &WgpuStorage,
         v: &WgpuStorage,
         p: &crate::backend::cpu::attention_decode::DecodeParams,
+        f16: bool,
     ) -> Result<WgpuStorage> {
-        self.decode_launch(q, k, v, p, false)
+        const OP: &str = "attention_decode";
+        // Cache lengths in f32 elements: an f16 cache of N words holds 2N values.
+        let f = if f16 { 2 } else { 1 };
+        crate::backend::cpu::attention_decode::check_decode(OP, q.len, k.len * f, v.len * f, p)?;
+        if p.d > ATTN_DMAX {
+            return Err(bad(OP, format!("head dim {} > {ATTN_DMAX} (attention_decode.wgsl)", p.d)));
+        }
+        let out = self.alloc(OP, q.len)?;
+        dispatch(
+            &self.ctx,
+            OP,
+            "main",
+            &[("F16KV", f16 as u32 as f64)],
+            &[Bind::r(q.b()), Bind::r(k.b()), Bind::r(v.b()), Bind::w(out.b())],
+            &[
+                u(p.tq),
+                u(p.s),
+                u(p.h),
+                u(p.kv_heads),
+                u(p.d),
+                p.scale.to_bits(),
+                p.window.map_or(u32::MAX, |w| w.min(u32::MAX as usize - 1) as u32),
+                p.softcap.unwrap_or(0.0).to_bits(),
+            ],
+            grid_1d(p.tq * p.h),
+        )?;
+        Ok(out)
     }
     fn kv_cache_f16(&self) -> bool {
         self.ctx.kv_f16
@@ -1566,15 +1551,6 @@ impl Backend for WgpuBackend {
             &[u(words), u(dst_word), 0, 0],
             grid_1d(words.div_ceil(256)),
         )
-    }
-    fn attention_decode_f16(
-        &self,
-        q: &WgpuStorage,
-        k: &WgpuStorage,
-        v: &WgpuStorage,
-        p: &crate::backend::cpu::attention_decode::DecodeParams,
-    ) -> Result<WgpuStorage> {
-        self.decode_launch(q, k, v, p, true)
     }
     fn linear_cross_entropy(
         &self,
@@ -1665,7 +1641,7 @@ impl Backend for WgpuBackend {
         // One partial per CHUNK elements of each window (a tensor larger than one binding is
         // reduced in windows; the host sums every partial in f64).
         let windows: Vec<(&WgpuStorage, usize, usize)> =
-            grads.iter().flat_map(|g| self.flat_windows(g.len).into_iter().map(move |(e0, n)| (*g, e0, n))).collect();
+            grads.iter().flat_map(|g| self.flat_windows(g.len).map(move |(e0, n)| (*g, e0, n))).collect();
         let total: usize = windows.iter().map(|w| w.2.div_ceil(SUM_SQ_CHUNK)).sum();
         if total == 0 {
             return Ok(0.0);

@@ -134,8 +134,9 @@ pub struct Pipelines {
     /// Build the reducing shaders with subgroup builtins (the device has SUBGROUP and they were
     /// not turned off).
     pub subgroups: bool,
-    /// Params at dynamic offsets of the device's ring (else a buffer per dispatch).
-    reuse_bindings: bool,
+    /// Params at dynamic offsets of the device's ring and cached bind groups (else a buffer and
+    /// a bind group per dispatch): `Options::reuse_bindings`, resolved for the adapter.
+    pub reuse_bindings: bool,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     cache: Mutex<HashMap<KernelKey, Arc<Compiled>>>,
     /// Bind groups by pipeline and (buffer, offset, size) of each storage binding.
@@ -312,7 +313,14 @@ pub fn dispatch(
         }
         spans.push((b.buf, offset, bytes));
     }
-    if !ctx.reuse_bindings {
+    // A bind group of the storage spans and the params uniform (counted for `dispatch_stats`).
+    let new_bg = |params: wgpu::BindingResource| {
+        let mut entries = bind_entries(&spans);
+        entries.push(wgpu::BindGroupEntry { binding: binds.len() as u32, resource: params });
+        ctx.counters.lock().unwrap_or_else(|e| e.into_inner()).bind_groups_created += 1;
+        ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &c.layout, entries: &entries })
+    };
+    if !ctx.pipelines.reuse_bindings {
         // A params buffer and a bind group of its own (created mapped, so the params are in place
         // before any later-recorded work, whatever the order of submissions).
         let ubuf = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -320,34 +328,9 @@ pub fn dispatch(
             contents: bytemuck::cast_slice(&words),
             usage: wgpu::BufferUsages::UNIFORM,
         });
-        let mut entries = bind_entries(&spans);
-        entries.push(wgpu::BindGroupEntry { binding: binds.len() as u32, resource: ubuf.as_entire_binding() });
-        let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &c.layout,
-            entries: &entries,
-        });
-        let mut n = ctx.counters.lock().unwrap_or_else(|e| e.into_inner());
-        n.bind_groups_created += 1;
-        n.dispatches += 1;
-        drop(n);
-        ctx.record(|enc| {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
-            pass.set_pipeline(&c.pipeline);
-            pass.set_bind_group(0, &bg, &[]);
-            pass.dispatch_workgroups(groups.0, groups.1, groups.2);
-        });
+        ctx.record_dispatch(&c.pipeline, &new_bg(ubuf.as_entire_binding()), None, groups);
         return Ok(());
     }
-    let create = || {
-        let mut entries = bind_entries(&spans);
-        let size = std::num::NonZeroU64::new(ctx.param_slot);
-        let ring = wgpu::BufferBinding { buffer: &ctx.params_ring, offset: 0, size };
-        entries
-            .push(wgpu::BindGroupEntry { binding: binds.len() as u32, resource: wgpu::BindingResource::Buffer(ring) });
-        ctx.counters.lock().unwrap_or_else(|e| e.into_inner()).bind_groups_created += 1;
-        ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &c.layout, entries: &entries })
-    };
     let bg = {
         let bkey: BindKey = (key, spans.iter().map(|&(b, o, n)| (b.clone(), o, n)).collect());
         let mut cache = ctx.pipelines.bind_groups.lock().unwrap_or_else(|e| e.into_inner());
@@ -357,12 +340,13 @@ pub fn dispatch(
             if cache.len() >= MAX_BIND_GROUPS {
                 cache.clear();
             }
-            let bg = create();
+            let size = std::num::NonZeroU64::new(ctx.param_slot);
+            let ring = wgpu::BufferBinding { buffer: &ctx.params_ring, offset: 0, size };
+            let bg = new_bg(wgpu::BindingResource::Buffer(ring));
             cache.insert(bkey, bg.clone());
             bg
         }
     };
-    ctx.counters.lock().unwrap_or_else(|e| e.into_inner()).dispatches += 1;
-    ctx.record_dispatch(&c.pipeline, &bg, bytemuck::cast_slice(&words), groups);
+    ctx.record_dispatch(&c.pipeline, &bg, Some(bytemuck::cast_slice(&words)), groups);
     Ok(())
 }
