@@ -7,6 +7,9 @@
 //! take their lengths from their params, never from `arrayLength`.
 //!
 //! Frozen weights, which live for the whole run, take exact-size buffers instead (`get_exact`).
+//! Those have free lists of their own: a long-lived buffer taken in the middle of a step (an
+//! attention ranges cache entry) then leaves the activation buckets as they were, so the next
+//! step gets the same activation buffers as this one, and with them its cached bind groups.
 //!
 //! Accounting: `current` counts the bucket bytes held by live storages (what the model uses);
 //! `peak` is its maximum. Idle pooled buffers are counted apart (`cached`).
@@ -23,7 +26,8 @@ const MIN_BUCKET: u64 = 256;
 
 #[derive(Default)]
 struct Inner {
-    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    /// Idle buffers by (size, exact).
+    free: HashMap<(u64, bool), Vec<wgpu::Buffer>>,
     current: u64,
     peak: u64,
     cached: u64,
@@ -39,6 +43,8 @@ pub struct Pool {
 pub struct PooledBuffer {
     pub buffer: Option<wgpu::Buffer>,
     pub bytes: u64,
+    /// Taken by `get_exact` (returns to the exact free lists).
+    exact: bool,
     pool: Arc<Pool>,
 }
 
@@ -48,7 +54,7 @@ impl Drop for PooledBuffer {
             let mut g = self.pool.inner.lock().unwrap_or_else(|e| e.into_inner());
             g.current -= self.bytes;
             g.cached += self.bytes;
-            g.free.entry(self.bytes).or_default().push(b);
+            g.free.entry((self.bytes, self.exact)).or_default().push(b);
         }
     }
 }
@@ -76,19 +82,19 @@ impl Pool {
 
     /// A buffer of at least `bytes` (STORAGE | COPY_SRC | COPY_DST). Contents are undefined.
     pub fn get(self: &Arc<Self>, device: &wgpu::Device, bytes: u64) -> PooledBuffer {
-        self.get_sized(device, self.bucket(bytes))
+        self.get_sized(device, self.bucket(bytes), false)
     }
 
     /// A buffer of `bytes` rounded up to 256 only, for long-lived data (frozen weights): a
     /// power-of-two bucket would cost up to twice the weight's size for the whole run (an NF4
     /// matrix of 8 MiB codes + its absmax codes would take a 16 MiB bucket).
     pub fn get_exact(self: &Arc<Self>, device: &wgpu::Device, bytes: u64) -> PooledBuffer {
-        self.get_sized(device, bytes.max(MIN_BUCKET).div_ceil(MIN_BUCKET) * MIN_BUCKET)
+        self.get_sized(device, bytes.max(MIN_BUCKET).div_ceil(MIN_BUCKET) * MIN_BUCKET, true)
     }
 
-    fn get_sized(self: &Arc<Self>, device: &wgpu::Device, size: u64) -> PooledBuffer {
+    fn get_sized(self: &Arc<Self>, device: &wgpu::Device, size: u64, exact: bool) -> PooledBuffer {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let reused = g.free.get_mut(&size).and_then(|v| v.pop());
+        let reused = g.free.get_mut(&(size, exact)).and_then(|v| v.pop());
         if reused.is_some() {
             g.cached -= size;
         }
@@ -103,7 +109,7 @@ impl Pool {
                 mapped_at_creation: false,
             })
         });
-        PooledBuffer { buffer: Some(buffer), bytes: size, pool: self.clone() }
+        PooledBuffer { buffer: Some(buffer), bytes: size, exact, pool: self.clone() }
     }
 
     /// (current, peak, cached) bytes.
