@@ -39,3 +39,31 @@ fn wg_max(v: f32, inv: Inv) -> f32 {
     return r;
 }
 
+
+// Lanes: rows of n (a power of two <= 8) consecutive `lane_index` values, for kernels that split a
+// row of work over a few invocations (attention). lane_sums returns to every lane of a row the sum
+// of the row's 16-wide partials, through wg_red (16 floats per invocation: workgroups of at most
+// 64), lanes added in order so every lane gets the same bits. Called by every invocation (barriers).
+fn lane_index(inv: Inv) -> u32 {
+    return inv.lid;
+}
+
+fn lane_sums(v: array<f32, 16>, n: u32, inv: Inv) -> array<f32, 16> {
+    let t = inv.lid;
+    for (var u = 0u; u < 4u; u++) {
+        wg_red[t * 4u + u] = vec4<f32>(v[4u * u], v[4u * u + 1u], v[4u * u + 2u], v[4u * u + 3u]);
+    }
+    workgroupBarrier();
+    let base = t - t % n;
+    var r: array<f32, 16>;
+    for (var u = 0u; u < 4u; u++) {
+        var w = wg_red[base * 4u + u];
+        for (var s = 1u; s < n; s++) { w += wg_red[(base + s) * 4u + u]; }
+        r[4u * u] = w.x;
+        r[4u * u + 1u] = w.y;
+        r[4u * u + 2u] = w.z;
+        r[4u * u + 3u] = w.w;
+    }
+    workgroupBarrier();
+    return r;
+}

@@ -50,3 +50,21 @@ fn wg_max(v: f32, inv: Inv) -> f32 {
     return r;
 }
 
+
+// Lanes: rows of n (a power of two, at most the adapter's smallest subgroup: the launcher checks)
+// consecutive `lane_index` values, for kernels that split a row of work over a few invocations
+// (attention). lane_index numbers the invocations subgroup by subgroup, so a row never straddles
+// two subgroups whatever order the driver gives local_invocation_index. lane_sums returns to every
+// lane of a row the sum of the row's 16-wide partials (a butterfly: every lane gets the same
+// bits). Any workgroup size that is a multiple of the subgroup size (or smaller than it).
+fn lane_index(inv: Inv) -> u32 {
+    return inv.sg_id * inv.sg_size + inv.sg_lane;
+}
+
+fn lane_sums(v: array<f32, 16>, n: u32, inv: Inv) -> array<f32, 16> {
+    var r = v;
+    for (var o = 1u; o < n; o <<= 1u) {
+        for (var u = 0u; u < 16u; u++) { r[u] += subgroupShuffleXor(r[u], o); }
+    }
+    return r;
+}

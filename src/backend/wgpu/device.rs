@@ -22,6 +22,7 @@
 use super::pipelines::Pipelines;
 use super::pool::{Pool, PooledBuffer};
 use crate::error::{Error, Result};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
@@ -104,7 +105,15 @@ pub struct Ctx {
     /// Set by wgpu's device-lost callback (driver reset, GPU removed, `destroy`). From then on
     /// every allocation, sync and readback is an error instead of work on a dead device.
     lost: Arc<Mutex<Option<String>>>,
+    /// Attention's key/query block ranges (ops.rs `attn_ranges`), keyed by their words: a training
+    /// step repeats the same shapes and segments every step, so it reuses the buffer (no write, and
+    /// the bind groups that name it stay cached). Cleared when it holds `MAX_RANGES` entries.
+    pub attn_ranges: Mutex<HashMap<Vec<u32>, Arc<PooledBuffer>>>,
 }
+
+/// Entries of `Ctx::attn_ranges` before it is cleared (a run has a few shapes; packed data with
+/// varying segments would otherwise grow it without bound).
+pub const MAX_RANGES: usize = 64;
 
 /// How many dispatches were recorded and how many bind groups had to be created for them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -219,6 +228,9 @@ pub fn describe_adapters() -> Vec<String> {
         .collect()
 }
 
+/// The smallest subgroup the subgroup builds of the shaders work with.
+const MIN_SUBGROUP: u32 = 8;
+
 impl Ctx {
     /// Picks the best usable adapter and opens a device on it.
     pub fn new() -> Result<Arc<Ctx>> {
@@ -239,7 +251,10 @@ impl Ctx {
         };
         let info = adapter.get_info();
         let mut wanted = wgpu::Features::SHADER_F16;
-        if opts.subgroups {
+        // Subgroup builds assume subgroups of at least 8 (attention's rows of up to 8 lanes sum
+        // with shuffles inside one subgroup); the rare adapter with 4-wide ones (WARP) gets the
+        // workgroup-memory builds.
+        if opts.subgroups && info.subgroup_min_size >= MIN_SUBGROUP {
             wanted |= wgpu::Features::SUBGROUP;
         }
         let features = adapter.features() & wanted;
@@ -305,6 +320,7 @@ impl Ctx {
             lost,
             binding_cap: opts.binding_cap,
             vec4_loads: opts.vec4_loads,
+            attn_ranges: Mutex::new(HashMap::new()),
         }))
     }
 

@@ -20,6 +20,7 @@ use crate::backend::cpu::rope::{rope_inv_freq, RopeConfig, RopeLayout};
 use crate::backend::{AdamWParams, Backend, HostQuant, MemoryStats};
 use crate::error::{Error, Result};
 use crate::quant::DeviceFormat;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A device buffer of `len` f32 (the pooled buffer may be larger).
@@ -99,8 +100,92 @@ fn packed_weights_enabled() -> bool {
     std::env::var("LORAFORGE_WGPU_DEQUANT").map_or(true, |v| v != "upload")
 }
 
-/// Largest head dim attention.wgsl keeps in registers (its `DMAX`).
+/// Largest head dim attention(_backward).wgsl and attention_decode.wgsl take (8 lanes of 32 dims).
 const ATTN_DMAX: usize = 256;
+
+/// How attention(_backward).wgsl split a row (a query, or a key in `dkv`) over lanes: `lanes`
+/// invocations (4, or 8 above D = 128) of `dims` = ceil(D / lanes) <= 32 register dims each, and
+/// 64 / lanes rows per workgroup.
+#[derive(Clone, Copy, Debug)]
+struct AttnSplit {
+    lanes: usize,
+    dims: usize,
+}
+
+impl AttnSplit {
+    fn new(d: usize) -> Self {
+        let lanes = if d <= 128 { 4 } else { 8 };
+        AttnSplit { lanes, dims: d.div_ceil(lanes).max(1) }
+    }
+    /// Rows (queries or keys) per workgroup.
+    fn rows(&self) -> usize {
+        64 / self.lanes
+    }
+    /// Row blocks covering `t` rows.
+    fn blocks(&self, t: usize) -> usize {
+        t.div_ceil(self.rows())
+    }
+    fn overrides(&self) -> [(&'static str, f64); 2] {
+        [("L", self.lanes as f64), ("DPT", self.dims as f64)]
+    }
+}
+
+/// For each batch row and block of `rows` consecutive rows, the range [lo, hi) of the other side
+/// that any row of the block can see under `p`'s rules and the segment ids: keys per query block
+/// (`by_keys` false: attention, dq) or queries per key block (`by_keys` true: dkv). The union over
+/// the block's rows, so a bound, exact per tile where the rules are bands (causal, window,
+/// contiguous segments): the kernels skip what lies outside and test each (i, j) inside. An empty
+/// range is (0, 0). Layout (B, blocks, 2) u32.
+fn attn_ranges(p: &AttnParams, seg: Option<&[u32]>, rows: usize, by_keys: bool) -> Vec<u32> {
+    let t = p.t;
+    let blocks = t.div_ceil(rows);
+    let mut out = Vec::with_capacity(p.b * blocks * 2);
+    let mut span: HashMap<u32, (usize, usize)> = HashMap::new();
+    for bb in 0..p.b {
+        let row_seg = seg.map(|s| &s[bb * t..(bb + 1) * t]);
+        if let Some(s) = row_seg {
+            span.clear();
+            for (i, &id) in s.iter().enumerate() {
+                span.entry(id).and_modify(|e| e.1 = i).or_insert((i, i));
+            }
+        }
+        for blk in 0..blocks {
+            let (r0, r1) = (blk * rows, ((blk + 1) * rows).min(t) - 1);
+            let (mut lo, mut hi) = (0, t);
+            match (by_keys, p.window) {
+                // keys j seen by queries r0..=r1: j <= r1 (causal), j > r0 - w (window)
+                (false, w) => {
+                    if p.causal {
+                        hi = r1 + 1;
+                    }
+                    if let Some(w) = w {
+                        lo = (r0 + 1).saturating_sub(w);
+                    }
+                }
+                // queries i that see keys r0..=r1: i >= r0 (causal), i < r1 + w (window)
+                (true, w) => {
+                    if p.causal {
+                        lo = r0;
+                    }
+                    if let Some(w) = w {
+                        hi = hi.min(r1.saturating_add(w));
+                    }
+                }
+            }
+            if let Some(s) = row_seg {
+                let (first, last) =
+                    s[r0..=r1].iter().map(|id| span[id]).fold((usize::MAX, 0), |(f, l), (a, b)| (f.min(a), l.max(b)));
+                lo = lo.max(first);
+                hi = hi.min(last + 1);
+            }
+            if lo >= hi {
+                (lo, hi) = (0, 0);
+            }
+            out.extend([u(lo), u(hi)]);
+        }
+    }
+    out
+}
 /// Logits scratch per cross-entropy chunk: tokens per chunk = this / (4 V), at most 256 (as the CPU).
 const CE_SCRATCH_BYTES: usize = 64 << 20;
 /// Elements per `sum_sq` workgroup (reduce.wgsl `CHUNK`).
@@ -238,6 +323,23 @@ impl WgpuBackend {
     fn upload_exact(&self, bytes: &[u8]) -> Result<WgpuStorage> {
         let s = self.alloc_exact("upload_quant", bytes.len().div_ceil(4).max(1))?;
         self.ctx.write(s.b(), 0, bytes);
+        Ok(s)
+    }
+
+    /// The device copy of attention's block ranges, shared with earlier calls that had the same
+    /// ranges (device.rs `Ctx::attn_ranges`).
+    fn attn_ranges_buf(&self, op: &'static str, words: Vec<u32>) -> Result<WgpuStorage> {
+        let mut cache = self.ctx.attn_ranges.lock().unwrap_or_else(|e| e.into_inner());
+        let len = words.len();
+        if let Some(buf) = cache.get(&words) {
+            return Ok(WgpuStorage { buf: buf.clone(), len });
+        }
+        let s = self.alloc_exact(op, len)?;
+        self.ctx.write(s.b(), 0, bytemuck::cast_slice(&words));
+        if cache.len() >= super::device::MAX_RANGES {
+            cache.clear();
+        }
+        cache.insert(words, s.buf.clone());
         Ok(s)
     }
 
@@ -655,7 +757,9 @@ impl WgpuBackend {
         }
     }
 
-    fn attn_params(p: &AttnParams, has_seg: bool) -> Vec<u32> {
+    /// attention(_backward).wgsl's Params: the shapes and rules, the row blocks per (b, head) and
+    /// where the key-block ranges start in the ranges buffer.
+    fn attn_params(p: &AttnParams, has_seg: bool, split: AttnSplit, koff: usize) -> Vec<u32> {
         vec![
             u(p.b),
             u(p.t),
@@ -667,6 +771,8 @@ impl WgpuBackend {
             p.window.map_or(u32::MAX, |w| w.min(u32::MAX as usize - 1) as u32),
             p.softcap.unwrap_or(0.0).to_bits(),
             has_seg as u32,
+            u(split.blocks(p.t)),
+            u(koff),
         ]
     }
 
@@ -1265,25 +1371,29 @@ impl Backend for WgpuBackend {
         segment_ids: Option<&[u32]>,
         p: &AttnParams,
     ) -> Result<(WgpuStorage, WgpuStorage)> {
-        self.check_attn("attention", q, k, v, p)?;
-        let seg = self.seg_buf("attention", segment_ids, p)?;
-        let out = self.alloc("attention", q.len)?;
-        let lse = self.alloc("attention", p.b * p.h * p.t)?;
+        const OP: &str = "attention";
+        self.check_attn(OP, q, k, v, p)?;
+        let seg = self.seg_buf(OP, segment_ids, p)?;
+        let split = AttnSplit::new(p.d);
+        let ranges = self.attn_ranges_buf(OP, attn_ranges(p, segment_ids, split.rows(), false))?;
+        let out = self.alloc(OP, q.len)?;
+        let lse = self.alloc(OP, p.b * p.h * p.t)?;
         dispatch(
             &self.ctx,
-            "attention",
+            OP,
             "main",
-            &[],
+            &split.overrides(),
             &[
                 Bind::r(q.b()),
                 Bind::r(k.b()),
                 Bind::r(v.b()),
                 Bind::r(seg.as_ref().map_or(q.b(), |s| s.b())),
+                Bind::r(ranges.b()),
                 Bind::w(out.b()),
                 Bind::w(lse.b()),
             ],
-            &Self::attn_params(p, seg.is_some()),
-            grid_1d((p.b * p.h * p.t).div_ceil(64)),
+            &Self::attn_params(p, seg.is_some(), split, 0),
+            grid_1d(p.b * split.blocks(p.t) * p.h),
         )?;
         Ok((out, lse))
     }
@@ -1298,23 +1408,29 @@ impl Backend for WgpuBackend {
         segment_ids: Option<&[u32]>,
         p: &AttnParams,
     ) -> Result<(WgpuStorage, WgpuStorage, WgpuStorage)> {
-        self.check_attn("attention_backward", q, k, v, p)?;
-        check_len("attention_backward", "dout", dout, q.len)?;
-        check_len("attention_backward", "out", out, q.len)?;
-        check_len("attention_backward", "lse", lse, p.b * p.h * p.t)?;
-        let seg = self.seg_buf("attention_backward", segment_ids, p)?;
-        let delta = self.alloc("attention_backward", p.b * p.h * p.t)?;
-        let dq = self.alloc("attention_backward", q.len)?;
-        let dk = self.alloc("attention_backward", k.len)?;
-        let dv = self.alloc("attention_backward", v.len)?;
-        let params = Self::attn_params(p, seg.is_some());
+        const OP: &str = "attention_backward";
+        self.check_attn(OP, q, k, v, p)?;
+        check_len(OP, "dout", dout, q.len)?;
+        check_len(OP, "out", out, q.len)?;
+        check_len(OP, "lse", lse, p.b * p.h * p.t)?;
+        let seg = self.seg_buf(OP, segment_ids, p)?;
+        let split = AttnSplit::new(p.d);
+        let mut ranges = attn_ranges(p, segment_ids, split.rows(), false);
+        let koff = ranges.len();
+        ranges.extend(attn_ranges(p, segment_ids, split.rows(), true));
+        let ranges = self.attn_ranges_buf(OP, ranges)?;
+        let delta = self.alloc(OP, p.b * p.h * p.t)?;
+        let dq = self.alloc(OP, q.len)?;
+        let dk = self.alloc(OP, k.len)?;
+        let dv = self.alloc(OP, v.len)?;
+        let params = Self::attn_params(p, seg.is_some(), split, koff);
         let sb = seg.as_ref().map_or(q.b(), |s| s.b());
-        let launch = |entry: &'static str, g0: &WgpuStorage, g1: &WgpuStorage, threads: usize| {
+        let launch = |entry: &'static str, g0: &WgpuStorage, g1: &WgpuStorage, heads: usize| {
             dispatch(
                 &self.ctx,
-                "attention_backward",
+                OP,
                 entry,
-                &[],
+                &split.overrides(),
                 &[
                     Bind::r(q.b()),
                     Bind::r(k.b()),
@@ -1322,16 +1438,17 @@ impl Backend for WgpuBackend {
                     Bind::r(dout.b()),
                     Bind::r(lse.b()),
                     Bind::r(sb),
+                    Bind::r(ranges.b()),
                     Bind::w(delta.b()),
                     Bind::w(g0.b()),
                     Bind::w(g1.b()),
                 ],
                 &params,
-                grid_1d(threads.div_ceil(64)),
+                grid_1d(p.b * split.blocks(p.t) * heads),
             )
         };
-        launch("dq", &dq, out, p.b * p.h * p.t)?;
-        launch("dkv", &dk, &dv, p.b * p.kv_heads * p.t)?;
+        launch("dq", &dq, out, p.h)?;
+        launch("dkv", &dk, &dv, p.kv_heads)?;
         Ok((dq, dk, dv))
     }
     fn glu(&self, gate: &WgpuStorage, up: &WgpuStorage, gelu: bool) -> Result<WgpuStorage> {
@@ -1668,5 +1785,74 @@ impl Backend for WgpuBackend {
     }
     fn scale_in_place(&self, s: &mut WgpuStorage, k: f32) -> Result<()> {
         self.ew_flat("scale_in_place", None, None, s.b(), s.len, k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The visibility rule of the spec (src/backend/cpu/attention.rs header), pair by pair.
+    fn visible(p: &AttnParams, seg: Option<&[u32]>, bb: usize, i: usize, j: usize) -> bool {
+        !(p.causal && j > i)
+            && p.window.is_none_or(|w| i < j + w)
+            && seg.is_none_or(|s| s[bb * p.t + i] == s[bb * p.t + j])
+    }
+
+    /// Every visible (i, j) lies in the ranges of i's block (keys) and of j's block (queries), for
+    /// causal / non-causal, windows 0, 1, 3, 40, none, segment runs and interleaved ids, and block
+    /// sizes 8 and 16 with T not a multiple; where the rule is a band the causal range is tight
+    /// (no key past the block's last query).
+    #[test]
+    fn attention_ranges_cover_every_visible_pair() {
+        let mut checked = 0;
+        for t in [1usize, 5, 16, 17, 37] {
+            for causal in [true, false] {
+                for window in [None, Some(0), Some(1), Some(3), Some(40)] {
+                    for seg_kind in 0..3 {
+                        let p =
+                            AttnParams { b: 2, t, h: 1, kv_heads: 1, d: 4, scale: 1.0, causal, window, softcap: None };
+                        let seg: Vec<u32> = (0..2 * t)
+                            .map(|i| match seg_kind {
+                                1 => ((i % t) / 6) as u32 + 10 * (i / t) as u32,
+                                _ => ((i % t) * 5 % 3) as u32,
+                            })
+                            .collect();
+                        let seg = (seg_kind > 0).then_some(&seg[..]);
+                        for rows in [8usize, 16] {
+                            let qr = attn_ranges(&p, seg, rows, false);
+                            let kr = attn_ranges(&p, seg, rows, true);
+                            let nb = t.div_ceil(rows);
+                            assert_eq!(qr.len(), 2 * 2 * nb);
+                            for bb in 0..2 {
+                                for i in 0..t {
+                                    let (lo, hi) = (qr[(bb * nb + i / rows) * 2], qr[(bb * nb + i / rows) * 2 + 1]);
+                                    if causal && seg.is_none() && window != Some(0) {
+                                        assert_eq!(hi as usize, ((i / rows + 1) * rows).min(t), "{p:?}");
+                                    }
+                                    for j in 0..t {
+                                        if !visible(&p, seg, bb, i, j) {
+                                            continue;
+                                        }
+                                        let (klo, khi) =
+                                            (kr[(bb * nb + j / rows) * 2], kr[(bb * nb + j / rows) * 2 + 1]);
+                                        assert!(
+                                            (lo..hi).contains(&(j as u32)),
+                                            "{p:?} {seg:?} i {i} j {j} keys {lo}..{hi}"
+                                        );
+                                        assert!(
+                                            (klo..khi).contains(&(i as u32)),
+                                            "{p:?} {seg:?} i {i} j {j} queries {klo}..{khi}"
+                                        );
+                                        checked += 1;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
     }
 }

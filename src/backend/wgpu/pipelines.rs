@@ -55,8 +55,8 @@ fn source(shader: &str, subgroups: bool) -> Option<&'static str> {
         "adamw" => wgsl!("adamw.wgsl"),
         "dropout" => wgsl!("dropout.wgsl"),
         "linear_cross_entropy" => reducing!(subgroups, "linear_cross_entropy.wgsl"),
-        "attention" => wgsl!("attention.wgsl"),
-        "attention_backward" => wgsl!("attention_backward.wgsl"),
+        "attention" => reducing!(subgroups, "attention.wgsl"),
+        "attention_backward" => reducing!(subgroups, "attention_backward.wgsl"),
         "attention_decode" => wgsl!("attention_decode.wgsl"),
         "nf4_quantize" => wgsl!("nf4_quantize.wgsl"),
         // The two shaders that read packed weights share the decoder, prepended.
