@@ -9,7 +9,10 @@
 //! operations when the adapter has them. Last, the host cost of one dispatch (2000 chained `scale`
 //! launches on 256 elements, where the kernel is negligible) with the params ring and cached bind
 //! groups and with a params buffer and bind group per dispatch: the overhead that bounds generation
-//! tokens/s on a fast GPU.
+//! tokens/s on a fast GPU. Then attention forward and backward (attention.wgsl,
+//! attention_backward.wgsl) at training shapes, with the CPU backend's time on the same data.
+//! `cargo bench --bench wgpu_ops -- attention` (or `matmul`, `dispatch`, `quant`) runs only those
+//! sections.
 use loraforge::backend::cpu::matmul::MatmulDims;
 use loraforge::backend::wgpu::{WgpuBackend, WgpuOptions};
 use loraforge::backend::{Backend, HostQuant};
@@ -44,11 +47,17 @@ fn main() {
     } else {
         None
     };
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let run = |section: &str| only.is_empty() || only.iter().any(|a| a == section);
+    if run("attention") {
+        attention(&g);
+    }
     let mut rng = Rng::new(0);
     let mut rand = |n: usize| (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect::<Vec<f32>>();
     let scale: usize = std::env::var("WGPU_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
-    for &(m, n, k) in &[(64usize, 64usize, 64usize), (256, 256, 256), (128 * scale, 576, 576), (256 * scale, 1536, 576)]
-    {
+    let matmuls: &[(usize, usize, usize)] =
+        &[(64, 64, 64), (256, 256, 256), (128 * scale, 576, 576), (256 * scale, 1536, 576)];
+    for &(m, n, k) in if run("matmul") { matmuls } else { &[] } {
         let d = MatmulDims::linear(m, n, k);
         let (a, b) = (rand(m * k), rand(n * k));
         let mut line = format!("matmul x·Wᵀ m={m:5} n={n:5} k={k:5}:");
@@ -61,7 +70,12 @@ fn main() {
         }
         println!("{line}");
     }
-    dispatch_overhead();
+    if run("dispatch") {
+        dispatch_overhead();
+    }
+    if !run("quant") {
+        return;
+    }
     use loraforge::quant::ggml::{GgmlMatrix, GgmlType};
     use loraforge::quant::nf4::Nf4Matrix;
     let (rows, cols) = (1536usize, 1536usize);
@@ -126,4 +140,94 @@ fn dispatch_overhead() {
         line += &format!("  {label} {:6.1} us", s / 2000.0 * 1e6);
     }
     println!("{line}");
+}
+
+/// Attention forward (out + lse) and backward (dq, dk, dv) at SmolLM2's heads (9 / 3, D 64) and
+/// Gemma 3 270M's (4 / 1, D 256), causal, one row of T tokens; and SmolLM2's with 8 packed
+/// sequences of T / 8 (segment ids), where only the blocks of a sequence need visiting. GFLOP/s
+/// counts 2 D flops per visible (i, j) pair per product: forward 4 D (q·k, p·v), backward 10 D
+/// (q·k recomputed, do·v, dq, dk, dv; a kernel that recomputes more still gets credit for 10 D).
+/// The CPU backend's time on the same data in the same run (one call each).
+fn attention(g: &WgpuBackend) {
+    use loraforge::backend::cpu::attention::AttnParams;
+    use loraforge::backend::CpuBackend;
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(5);
+    let t: usize = std::env::var("WGPU_BENCH_ATTN_T").ok().and_then(|s| s.parse().ok()).unwrap_or(256);
+    for (label, h, kv, d, packed) in [
+        ("smollm2 9/3 x 64", 9, 3, 64, false),
+        ("smollm2 packed 8 x T/8", 9, 3, 64, true),
+        ("gemma3 4/1 x 256", 4, 1, 256, false),
+    ] {
+        let p = AttnParams {
+            b: 1,
+            t,
+            h,
+            kv_heads: kv,
+            d,
+            scale: 1.0 / (d as f32).sqrt(),
+            causal: true,
+            window: None,
+            softcap: None,
+        };
+        let seg: Vec<u32> = (0..t).map(|i| (i / t.div_ceil(8)) as u32).collect();
+        let seg = packed.then_some(&seg[..]);
+        let pairs: f64 =
+            (0..t).map(|i| (0..=i).filter(|&j| seg.is_none_or(|s| s[i] == s[j])).count() as f64).sum::<f64>()
+                * h as f64;
+        let mut rand = |n: usize| (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect::<Vec<f32>>();
+        let (q, k, v, dout) = (rand(t * h * d), rand(t * kv * d), rand(t * kv * d), rand(t * h * d));
+        let mut line = format!("attention {label:24} T={t}:");
+        for be in [Which::Gpu(g), Which::Cpu(&c)] {
+            let (fwd, bwd) = match be {
+                Which::Gpu(g) => {
+                    let (q, k, v, dout) =
+                        (g.upload(&q).unwrap(), g.upload(&k).unwrap(), g.upload(&v).unwrap(), g.upload(&dout).unwrap());
+                    let (o, l) = g.attention(&q, &k, &v, seg, &p).unwrap();
+                    let fwd = time(g, 3, || {
+                        let _ = g.attention(&q, &k, &v, seg, &p).unwrap();
+                    });
+                    let bwd = time(g, 3, || {
+                        let _ = g.attention_backward(&dout, &q, &k, &v, &o, &l, seg, &p).unwrap();
+                    });
+                    (fwd, bwd)
+                }
+                Which::Cpu(c) => {
+                    let (q, k, v, dout) =
+                        (c.upload(&q).unwrap(), c.upload(&k).unwrap(), c.upload(&v).unwrap(), c.upload(&dout).unwrap());
+                    let (o, l) = c.attention(&q, &k, &v, seg, &p).unwrap();
+                    let t0 = Instant::now();
+                    let _ = c.attention(&q, &k, &v, seg, &p).unwrap();
+                    let fwd = t0.elapsed().as_secs_f64();
+                    let t0 = Instant::now();
+                    let _ = c.attention_backward(&dout, &q, &k, &v, &o, &l, seg, &p).unwrap();
+                    (fwd, t0.elapsed().as_secs_f64())
+                }
+            };
+            line += &format!(
+                "  {} fwd {:8.2} ms {:6.2} GFLOP/s, bwd {:8.2} ms {:6.2} GFLOP/s",
+                be.label(),
+                fwd * 1e3,
+                4.0 * d as f64 * pairs / fwd / 1e9,
+                bwd * 1e3,
+                10.0 * d as f64 * pairs / bwd / 1e9
+            );
+        }
+        println!("{line}");
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Which<'a> {
+    Gpu(&'a WgpuBackend),
+    Cpu(&'a loraforge::backend::CpuBackend),
+}
+
+impl Which<'_> {
+    fn label(&self) -> &'static str {
+        match self {
+            Which::Gpu(_) => "wgpu",
+            Which::Cpu(_) => "cpu",
+        }
+    }
 }
