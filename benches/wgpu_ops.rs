@@ -4,7 +4,8 @@
 //! Frozen weights stay packed on the device and are decoded in the kernel (quant_linear.wgsl); the
 //! GB/s counts the packed bytes the kernel streams. The f32 row is the dense matmul path for
 //! comparison; the N = 256 rows are training-shaped (x · Wᵀ over a 256-token micro-batch), in GFLOP/s.
-//! Same run, same data: matmul with 16-byte loads (`main_vec4`) and with scalar loads; the one-token
+//! Same run, same data: matmul with 16-byte loads (`main_vec4`) and with scalar loads (and on
+//! cooperative matrices, matmul_coop.wgsl, where the adapter has them); the one-token
 //! quant_linear (the gemv entry, a workgroup reduction per output) with and without subgroup
 //! operations when the adapter has them. Last, the host cost of one dispatch (2000 chained `scale`
 //! launches on 256 elements, where the kernel is negligible) with the params ring and cached bind
@@ -47,6 +48,11 @@ fn main() {
     } else {
         None
     };
+    // Cooperative matrices where the adapter has them (matmul_coop.wgsl, opt-in).
+    let coop = WgpuBackend::with_options(WgpuOptions { coop_matrix: true, ..Default::default() })
+        .ok()
+        .filter(|c| c.uses_coop_matrix());
+    println!("cooperative-matrix matmul: {}", if coop.is_some() { "yes" } else { "not on this adapter" });
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let run = |section: &str| only.is_empty() || only.iter().any(|a| a == section);
     if run("attention") {
@@ -61,7 +67,11 @@ fn main() {
         let d = MatmulDims::linear(m, n, k);
         let (a, b) = (rand(m * k), rand(n * k));
         let mut line = format!("matmul x·Wᵀ m={m:5} n={n:5} k={k:5}:");
-        for (label, be) in [("vec4 loads", &g), ("scalar loads", &scalar)] {
+        let mut backends = vec![("vec4 loads", &g), ("scalar loads", &scalar)];
+        if let Some(c) = &coop {
+            backends.push(("coop f16", c));
+        }
+        for (label, be) in backends {
             let (a, b) = (be.upload(&a).unwrap(), be.upload(&b).unwrap());
             let s = time(be, 3, || {
                 let _ = be.matmul(&a, &b, None, d).unwrap();

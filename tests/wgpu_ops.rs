@@ -172,6 +172,49 @@ fn matmul_forward_all_transposes() {
     }
 }
 
+/// matmul_coop.wgsl (cooperative matrices, f16 inputs, f32 accumulation) against the spec, where
+/// an adapter runs it (`WgpuOptions::coop_matrix`; lavapipe has no VK_KHR_cooperative_matrix, so
+/// here it skips with a message). The inputs are rounded to f16 on the host first, so the kernel's
+/// own rounding is exact and only the f32 accumulation order differs from the f64 spec: the
+/// tolerance is MATMUL_TOL's, and a transposed or misplaced tile fails it by orders of magnitude.
+/// Shapes: 16-row minimum (smaller products keep matmul.wgsl), partial 64x64 tiles, K not a
+/// multiple of 16, all transposes, bias, a batch with a broadcast weight.
+#[test]
+fn matmul_coop_matches_the_cpu() {
+    let _ = gpu_or_skip!();
+    let g = WgpuBackend::with_options(WgpuOptions { coop_matrix: true, ..Default::default() }).unwrap();
+    if !g.uses_coop_matrix() {
+        println!(
+            "SKIP: {} has no f16 16x16x16 cooperative-matrix configuration (see `loraforge info --devices`)",
+            g.name()
+        );
+        return;
+    }
+    let f16r = |v: Vec<f32>| v.into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect::<Vec<f32>>();
+    let mut rng = Rng::new(61);
+    let shapes = [(16usize, 1usize, 1usize), (16, 16, 16), (17, 63, 15), (64, 64, 64), (65, 130, 33), (100, 67, 300)];
+    for &(m, n, k) in &shapes {
+        for ta in [false, true] {
+            for tb in [false, true] {
+                let d = MatmulDims { trans_a: ta, trans_b: tb, ..MatmulDims::new(m, n, k) };
+                let a = f16r(rand_f32(&mut rng, m * k, -1.0, 1.0));
+                let b = f16r(rand_f32(&mut rng, k * n, -1.0, 1.0));
+                let bias = rand_f32(&mut rng, n, -1.0, 1.0);
+                let got = down(&g, &g.matmul(&up(&g, &a), &up(&g, &b), Some(&up(&g, &bias)), d).unwrap());
+                assert_close(&got, &spec_matmul(&a, &b, Some(&bias), d), MATMUL_TOL, &format!("coop matmul {d:?}"));
+            }
+        }
+    }
+    let d = MatmulDims { batch: 3, b_stride: 0, trans_b: true, ..MatmulDims::new(20, 66, 24) };
+    let a = f16r(rand_f32(&mut rng, 3 * 20 * 24, -1.0, 1.0));
+    let b = f16r(rand_f32(&mut rng, 66 * 24, -1.0, 1.0));
+    let got = down(&g, &g.matmul(&up(&g, &a), &up(&g, &b), None, d).unwrap());
+    assert_close(&got, &spec_matmul(&a, &b, None, d), MATMUL_TOL, "batched coop matmul");
+    let k = g.kernels_compiled();
+    assert!(k.iter().any(|s| s.starts_with("matmul_coop.main")), "matmul_coop never ran: {k:?}");
+    println!("matmul_coop ran on {}: {k:?}", g.name());
+}
+
 #[test]
 fn matmul_backward_all_transposes() {
     let g = gpu_or_skip!();

@@ -38,6 +38,8 @@ pub const VEC4_ENV: &str = "LORAFORGE_WGPU_VEC4";
 pub const REUSE_BINDINGS_ENV: &str = "LORAFORGE_WGPU_REUSE_BINDINGS";
 /// `LORAFORGE_WGPU_KV_F16=0|1`: generation's KV cache in f32 or f16 whatever the adapter.
 pub const KV_F16_ENV: &str = "LORAFORGE_WGPU_KV_F16";
+/// `LORAFORGE_WGPU_COOP=1` sets `Options::coop_matrix`.
+pub const COOP_ENV: &str = "LORAFORGE_WGPU_COOP";
 
 /// How to open the device. `Default`: the adapter's own limits, subgroup operations when the
 /// adapter has them (unless `LORAFORGE_WGPU_SUBGROUPS=0`).
@@ -62,6 +64,11 @@ pub struct Options {
     /// Keep generation's KV cache in f16 (`true`) or f32. `None`: f16 where the adapter has
     /// SHADER_F16. `LORAFORGE_WGPU_KV_F16=0|1` overrides the default.
     pub kv_f16: Option<bool>,
+    /// Run forward matmuls on cooperative matrices (matmul_coop.wgsl: f16 inputs, f32
+    /// accumulation, tensor cores) where the adapter supports them (`coop_wg`). Off unless asked
+    /// for: wgpu marks the feature experimental, and it has not yet been checked on a GPU against
+    /// the CPU (tests/wgpu_ops.rs `matmul_coop_matches_the_cpu` does that where it can run).
+    pub coop_matrix: bool,
 }
 
 impl Default for Options {
@@ -69,7 +76,15 @@ impl Default for Options {
         let on = |var: &str| std::env::var(var).map(|v| v != "0").unwrap_or(true);
         let reuse_bindings = std::env::var(REUSE_BINDINGS_ENV).ok().map(|v| v != "0");
         let kv_f16 = std::env::var(KV_F16_ENV).ok().map(|v| v != "0");
-        Options { binding_cap: None, subgroups: on(SUBGROUPS_ENV), vec4_loads: on(VEC4_ENV), reuse_bindings, kv_f16 }
+        let coop_matrix = std::env::var(COOP_ENV).map(|v| v == "1").unwrap_or(false);
+        Options {
+            binding_cap: None,
+            subgroups: on(SUBGROUPS_ENV),
+            vec4_loads: on(VEC4_ENV),
+            reuse_bindings,
+            kv_f16,
+            coop_matrix,
+        }
     }
 }
 /// Passes recorded before the encoder is submitted (bounds the host-side command memory and
@@ -109,6 +124,8 @@ pub struct Ctx {
     /// step repeats the same shapes and segments every step, so it reuses the buffer (no write, and
     /// the bind groups that name it stay cached). Cleared when it holds `MAX_RANGES` entries.
     pub attn_ranges: Mutex<HashMap<Vec<u32>, Arc<PooledBuffer>>>,
+    /// Workgroup size of matmul_coop.wgsl (4 subgroups) when forward matmuls use it (`coop_wg`).
+    pub coop_wg: Option<u32>,
 }
 
 /// Entries of `Ctx::attn_ranges` before it is cleared (a run has a few shapes; packed data with
@@ -228,6 +245,24 @@ pub fn describe_adapters() -> Vec<String> {
         .collect()
 }
 
+/// matmul_coop.wgsl's workgroup size on `adapter`, or None where it cannot run: it needs
+/// SHADER_F16, SUBGROUP with one subgroup size (its 4 subgroups are counted from it), and the
+/// subgroup-scope f16 16x16x16 -> f32 cooperative-matrix configuration.
+fn coop_wg(adapter: &wgpu::Adapter) -> Option<u32> {
+    let need = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+    let info = adapter.get_info();
+    if !adapter.features().contains(need) || info.subgroup_min_size != info.subgroup_max_size {
+        return None;
+    }
+    let f16_16 = adapter.cooperative_matrix_properties().iter().any(|c| {
+        (c.m_size, c.n_size, c.k_size) == (16, 16, 16)
+            && c.ab_type == wgpu::CooperativeScalarType::F16
+            && c.cr_type == wgpu::CooperativeScalarType::F32
+    });
+    let wg = 4 * info.subgroup_min_size;
+    (f16_16 && wg <= adapter.limits().max_compute_invocations_per_workgroup).then_some(wg)
+}
+
 /// The smallest subgroup the subgroup builds of the shaders work with.
 const MIN_SUBGROUP: u32 = 8;
 
@@ -257,6 +292,10 @@ impl Ctx {
         if opts.subgroups && info.subgroup_min_size >= MIN_SUBGROUP {
             wanted |= wgpu::Features::SUBGROUP;
         }
+        let coop_wg = if opts.coop_matrix { coop_wg(&adapter) } else { None };
+        if coop_wg.is_some() {
+            wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
         let features = adapter.features() & wanted;
         // Ask for the adapter's own limits: the defaults cap storage bindings at 128 MiB and
         // workgroup storage at 16 KiB, less than most GPUs have.
@@ -265,6 +304,15 @@ impl Ctx {
             label: Some("loraforge"),
             required_features: features,
             required_limits: limits.clone(),
+            // SAFETY: wgpu's experimental features may misbehave when used incorrectly; the only
+            // one requested is EXPERIMENTAL_COOPERATIVE_MATRIX, and only when the caller asked for
+            // it (`Options::coop_matrix`), for matmul_coop.wgsl, which uses configurations the
+            // adapter lists (`coop_wg`).
+            experimental_features: if coop_wg.is_some() {
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
             ..Default::default()
         }))
         .map_err(|e| Error::msg(format!("wgpu: request_device on {}: {e}", info.name)))?;
@@ -321,6 +369,7 @@ impl Ctx {
             binding_cap: opts.binding_cap,
             vec4_loads: opts.vec4_loads,
             attn_ranges: Mutex::new(HashMap::new()),
+            coop_wg,
         }))
     }
 

@@ -61,6 +61,12 @@ impl WgpuBackend {
         self.ctx.pipelines.subgroups
     }
 
+    /// Do forward matmuls of 16 rows or more run on cooperative matrices (matmul_coop.wgsl)? Only
+    /// when asked for (`WgpuOptions::coop_matrix`) on an adapter that supports them.
+    pub fn uses_coop_matrix(&self) -> bool {
+        self.ctx.coop_wg.is_some()
+    }
+
     /// The adapter in use, as `describe_adapters` prints it (name, backend, type).
     pub fn adapter_name(&self) -> String {
         format!("{} ({:?}, {:?})", self.ctx.info.name, self.ctx.info.backend, self.ctx.info.device_type)

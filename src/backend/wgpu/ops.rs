@@ -572,7 +572,18 @@ impl WgpuBackend {
                         let lds = Lds { a: c, b: c, c: v };
                         let d = MatmulDims::linear(rows, pr, c);
                         let offs = (r0 * c, rel, p0);
-                        self.matmul_view(logits.b().into(), h.b().into(), wb, None, d, offs, lds, rows * v, false)?;
+                        self.matmul_view(
+                            logits.b().into(),
+                            h.b().into(),
+                            wb,
+                            None,
+                            d,
+                            offs,
+                            lds,
+                            rows * v,
+                            false,
+                            false,
+                        )?;
                     }
                 }
                 Head::Packed(w) => self.quant_matmul_into(logits.b(), 0, v, h.b(), r0 * c, c, w, None, rows, false)?,
@@ -612,6 +623,7 @@ impl WgpuBackend {
                                 lds,
                                 rows * c,
                                 i > 0,
+                                false,
                             )?;
                         }
                     }
@@ -636,6 +648,7 @@ impl WgpuBackend {
                         lds,
                         pr * c,
                         true,
+                        false,
                     )?;
                 }
             }
@@ -686,12 +699,15 @@ impl WgpuBackend {
         accumulate: bool,
     ) -> Result<()> {
         let lds = Lds::contiguous(&d);
-        self.matmul_view(out.into(), a.into(), b.into(), bias.map(Buf::from), d, offs, lds, out_bs, accumulate)
+        self.matmul_view(out.into(), a.into(), b.into(), bias.map(Buf::from), d, offs, lds, out_bs, accumulate, false)
     }
 
     /// `matmul_into` on bindings that may be windows of larger buffers (offsets are relative to
     /// the binding), with explicit row strides: C may be a column block of a wider matrix, A and B
-    /// column blocks or row windows of theirs.
+    /// column blocks or row windows of theirs. `coop`: the caller's values are of order 1 (a
+    /// forward linear layer), so the product may run on cooperative matrices with f16 inputs
+    /// (matmul_coop.wgsl) where the device has them turned on; gradients never take it (their
+    /// magnitudes fall below f16's range).
     #[allow(clippy::too_many_arguments)]
     fn matmul_view(
         &self,
@@ -704,8 +720,10 @@ impl WgpuBackend {
         lds: Lds,
         out_bs: usize,
         accumulate: bool,
+        coop: bool,
     ) -> Result<()> {
         let ov = [("TRANS_A", d.trans_a as u32 as f64), ("TRANS_B", d.trans_b as u32 as f64)];
+        let coop_wg = self.ctx.coop_wg.filter(|_| coop);
         let groups = |batch: usize| ((d.n.div_ceil(64)) as u32, (d.m.div_ceil(64)) as u32, batch as u32);
         // 16-byte loads when every row of A and B starts 16-byte aligned and no vec4 straddles the
         // end of a row (matmul.wgsl `main_vec4`); scalar loads otherwise.
@@ -713,11 +731,15 @@ impl WgpuBackend {
         let b_row = if d.trans_b { d.k } else { d.n };
         let aligned = self.ctx.vec4_loads
             && [a_row, b_row, d.k, offs.0, offs.1, d.a_stride, d.b_stride, lds.a, lds.b].iter().all(|x| x % 4 == 0);
-        let entry = if aligned { "main_vec4" } else { "main" };
+        let entry = if aligned && coop_wg.is_none() { "main_vec4" } else { "main" };
+        let (shader, ov) = match coop_wg {
+            Some(wg) => ("matmul_coop", vec![ov[0], ov[1], ("WG", wg as f64)]),
+            None => ("matmul", ov.to_vec()),
+        };
         let launch = |a_off: usize, b_off: usize, c_off: usize, batch: usize, acc: bool| {
             dispatch(
                 &self.ctx,
-                "matmul",
+                shader,
                 entry,
                 &ov,
                 &[Bind::r(a), Bind::r(b), Bind::r(bias.unwrap_or(a)), Bind::w(out)],
@@ -1113,6 +1135,10 @@ impl Backend for WgpuBackend {
             self.fill_bias(&out, bias, d.batch * d.m, d.n)?;
             return Ok(out);
         }
+        // Cooperative matrices (f16 inputs) for products of 16 rows or more: the bias gradient, the
+        // one backward use of `matmul` (a (1, N) row of ones times dout), and one-token decoding
+        // stay in f32, where a 16-row tile would also be mostly padding.
+        let coop = d.m >= 16;
         if d.trans_b && d.batch == 1 && !self.fits(b.len) {
             // A linear layer over a weight larger than one binding (the logits of a fully tuned
             // head): one launch per window of weight rows, each filling its columns of C. With a
@@ -1124,11 +1150,23 @@ impl Backend for WgpuBackend {
                 let bw = bias.map(|x| span(x.b(), n0, nn));
                 let dd = MatmulDims { n: nn, ..d };
                 let lds = Lds::contiguous(&d);
-                self.matmul_view(out.b().into(), a.b().into(), wb, bw, dd, (0, rel, n0), lds, d.m * d.n, false)?;
+                self.matmul_view(out.b().into(), a.b().into(), wb, bw, dd, (0, rel, n0), lds, d.m * d.n, false, coop)?;
             }
             return Ok(out);
         }
-        self.matmul_into(out.b(), a.b(), b.b(), bias.map(|b| b.b()), d, (0, 0, 0), d.m * d.n, false)?;
+        let bias = bias.map(|x| Buf::from(x.b()));
+        self.matmul_view(
+            out.b().into(),
+            a.b().into(),
+            b.b().into(),
+            bias,
+            d,
+            (0, 0, 0),
+            Lds::contiguous(&d),
+            d.m * d.n,
+            false,
+            coop,
+        )?;
         Ok(out)
     }
     fn matmul_backward(

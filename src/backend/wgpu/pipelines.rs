@@ -44,6 +44,7 @@ fn source(shader: &str, subgroups: bool) -> Option<&'static str> {
     Some(match shader {
         "elementwise" => wgsl!("elementwise.wgsl"),
         "matmul" => wgsl!("matmul.wgsl"),
+        "matmul_coop" => wgsl!("matmul_coop.wgsl"),
         "reduce" => reducing!(subgroups, "reduce.wgsl"),
         "rms_norm" => reducing!(subgroups, "rms_norm.wgsl"),
         "rms_norm_backward" => reducing!(subgroups, "rms_norm_backward.wgsl"),
@@ -349,4 +350,44 @@ pub fn dispatch(
     };
     ctx.record_dispatch(&c.pipeline, &bg, Some(bytemuck::cast_slice(&words)), groups);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::source;
+    use wgpu::naga;
+
+    /// matmul_coop.wgsl runs only on adapters with cooperative matrices (none here), so its
+    /// compilation is checked on the host: naga parses it, validates it with the capabilities the
+    /// device would grant, and writes SPIR-V using cooperative-matrix instructions, at every
+    /// transpose; without the capability it is refused.
+    #[test]
+    fn matmul_coop_compiles_to_spirv() {
+        use naga::valid::{Capabilities, ValidationFlags, Validator};
+        let src = source("matmul_coop", true).unwrap();
+        let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{}", e.emit_to_string(src)));
+        let caps = Capabilities::COOPERATIVE_MATRIX | Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP;
+        let info = Validator::new(ValidationFlags::all(), caps)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{}", e.emit_to_string(src)));
+        for (ta, tb) in [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)] {
+            let mut consts = naga::back::PipelineConstants::default();
+            consts.insert("TRANS_A".into(), ta);
+            consts.insert("TRANS_B".into(), tb);
+            consts.insert("WG".into(), 128.0);
+            let (m, i) = naga::back::pipeline_constants::process_overrides(&module, &info, None, &consts).unwrap();
+            let opts = naga::back::spv::Options { lang_version: (1, 3), ..Default::default() };
+            let pl = naga::back::spv::PipelineOptions {
+                shader_stage: naga::ShaderStage::Compute,
+                entry_point: "main".into(),
+            };
+            let words = naga::back::spv::write_vec(&m, &i, &opts, Some(&pl)).unwrap();
+            // OpCapability CooperativeMatrixKHR (opcode 17, capability 6022) and
+            // OpCooperativeMatrixMulAddKHR (opcode 4459) are in the module.
+            assert!(words.windows(2).any(|w| w == [(2 << 16) | 17, 6022]), "no CooperativeMatrixKHR capability");
+            assert!(words.iter().any(|&w| w & 0xffff == 4459 && w >> 16 == 6), "no cooperative multiply-add");
+        }
+        let without = Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP;
+        assert!(Validator::new(ValidationFlags::all(), without).validate(&module).is_err());
+    }
 }
