@@ -151,27 +151,14 @@ fn attn_ranges(p: &AttnParams, seg: Option<&[u32]>, rows: usize, by_keys: bool) 
         }
         for blk in 0..blocks {
             let (r0, r1) = (blk * rows, ((blk + 1) * rows).min(t) - 1);
-            let (mut lo, mut hi) = (0, t);
-            match (by_keys, p.window) {
-                // keys j seen by queries r0..=r1: j <= r1 (causal), j > r0 - w (window)
-                (false, w) => {
-                    if p.causal {
-                        hi = r1 + 1;
-                    }
-                    if let Some(w) = w {
-                        lo = (r0 + 1).saturating_sub(w);
-                    }
-                }
+            let (mut lo, mut hi) = if by_keys {
                 // queries i that see keys r0..=r1: i >= r0 (causal), i < r1 + w (window)
-                (true, w) => {
-                    if p.causal {
-                        lo = r0;
-                    }
-                    if let Some(w) = w {
-                        hi = hi.min(r1.saturating_add(w));
-                    }
-                }
-            }
+                let lo = if p.causal { r0 } else { 0 };
+                (lo, p.window.map_or(t, |w| t.min(r1.saturating_add(w))))
+            } else {
+                // keys seen by queries r0..=r1: the spec's per-query ranges, whose bounds grow with i
+                (p.key_range(r0).start, p.key_range(r1).end)
+            };
             if let Some(s) = row_seg {
                 let (first, last) =
                     s[r0..=r1].iter().map(|id| span[id]).fold((usize::MAX, 0), |(f, l), (a, b)| (f.min(a), l.max(b)));
@@ -1830,13 +1817,6 @@ impl Backend for WgpuBackend {
 mod tests {
     use super::*;
 
-    /// The visibility rule of the spec (src/backend/cpu/attention.rs header), pair by pair.
-    fn visible(p: &AttnParams, seg: Option<&[u32]>, bb: usize, i: usize, j: usize) -> bool {
-        !(p.causal && j > i)
-            && p.window.is_none_or(|w| i < j + w)
-            && seg.is_none_or(|s| s[bb * p.t + i] == s[bb * p.t + j])
-    }
-
     /// Every visible (i, j) lies in the ranges of i's block (keys) and of j's block (queries), for
     /// causal / non-causal, windows 0, 1, 3, 40, none, segment runs and interleaved ids, and block
     /// sizes 8 and 16 with T not a multiple; where the rule is a band the causal range is tight
@@ -1869,7 +1849,7 @@ mod tests {
                                         assert_eq!(hi as usize, ((i / rows + 1) * rows).min(t), "{p:?}");
                                     }
                                     for j in 0..t {
-                                        if !visible(&p, seg, bb, i, j) {
+                                        if !p.visible(i, j, seg.map(|s| &s[bb * t..(bb + 1) * t])) {
                                             continue;
                                         }
                                         let (klo, khi) =
