@@ -1,5 +1,5 @@
 // quant_decode.wgsl: w_at(r, c), one element of a frozen weight decoded from its packed blocks.
-// Not a shader of its own: prepended to quant_linear.wgsl and dequantize.wgsl (see
+// Not a shader of its own: prepended to quant_linear.wgsl, dequantize.wgsl and row_norms.wgsl (see
 // src/backend/wgpu/pipelines.rs), which declare `q` (the packed bytes as little-endian u32 words),
 // `aux` (the format's f32 side table) and `p` (a Params with cols, p0..p3, offset).
 // Spec: src/quant/ggml.rs `dequantize_unchecked`, src/quant/nf4.rs `decode_range`,

@@ -322,10 +322,70 @@ fn check_quant_linear_dense_weight(g: &WgpuBackend) {
         Tol::EXACT,
         "embedding_quant",
     );
-    let delta = rand_f32(&mut rng, d_out * d_in, -0.1, 0.1);
-    let got = down(g, &g.row_norms(&gq, Some(&up(g, &delta))).unwrap());
-    let want = cdown(&c.row_norms(&cq, Some(&c.upload(&delta).unwrap())).unwrap());
-    assert_close(&got, &want, Tol::EXACT, "row_norms");
+    check_row_norms(g, &c, &gq, &cq, &mut rng, "f32");
+}
+
+/// DoRA's row norms (row_norms.wgsl), ‖W[r] + delta[r]‖ and its reciprocal, with and without delta,
+/// vs the spec (f64 sums). The kernel sums squares in f32: within (C / 256 + 8) eps relative of the
+/// f64 sum (C <= 2048 here: 2e-6; the square root halves it), decoding agrees to 1 ulp; so 1e-5
+/// relative, while a wrong row, piece, window offset or a missed delta moves a norm by 1% or more.
+fn check_row_norms(
+    g: &WgpuBackend,
+    c: &CpuBackend,
+    gq: &<WgpuBackend as Backend>::QStorage,
+    cq: &<CpuBackend as Backend>::QStorage,
+    rng: &mut Rng,
+    name: &str,
+) {
+    let (rows, cols) = g.quant_shape(gq);
+    let delta = rand_f32(rng, rows * cols, -0.1, 0.1);
+    let (gd, cd) = (up(g, &delta), c.upload(&delta).unwrap());
+    for with_delta in [false, true] {
+        for recip in [false, true] {
+            let got = down(g, &g.row_norms(gq, with_delta.then_some(&gd), recip).unwrap());
+            let want = cdown(&c.row_norms(cq, with_delta.then_some(&cd), recip).unwrap());
+            assert_close(
+                &got,
+                &want,
+                Tol { abs: 0.0, rel: 1e-5 },
+                &format!("{name} row_norms delta={with_delta} recip={recip}"),
+            );
+        }
+    }
+}
+
+/// row_norms on both reduction builds: rows 1 and 67, columns 1, 255, 257 (a workgroup of 256
+/// lanes ± 1), 600 and 2048, dense f32 and packed formats (ggml blocks, K-quants, f16, NF4 with
+/// double quant, int8).
+#[test]
+fn row_norms_match_the_spec() {
+    use loraforge::quant::ggml::{GgmlMatrix, GgmlType};
+    use loraforge::quant::int8::Int8Matrix;
+    use loraforge::quant::nf4::Nf4Matrix;
+    let c = CpuBackend::new();
+    for g in gpus_or_skip!() {
+        let mut rng = Rng::new(41);
+        let mut cases: Vec<(String, loraforge::backend::HostQuant)> = Vec::new();
+        for (rows, cols) in [(1, 1), (67, 255), (3, 257), (5, 2048)] {
+            let w = rand_f32(&mut rng, rows * cols, -1.0, 1.0);
+            cases.push((format!("f32 {rows}x{cols}"), Arc::new(F32Matrix { data: w, rows, cols })));
+        }
+        for (ty, cols) in [(GgmlType::Q4_0, 96), (GgmlType::Q4_K, 512), (GgmlType::Q6_K, 2048), (GgmlType::F16, 257)] {
+            let w = rand_f32(&mut rng, 67 * cols, -1.0, 1.0);
+            cases.push((ty.name().into(), Arc::new(GgmlMatrix::quantize(ty, 67, cols, &w).unwrap())));
+        }
+        let w = rand_f32(&mut rng, 67 * 600, -1.0, 1.0);
+        cases.push(("nf4_dq".into(), Arc::new(Nf4Matrix::quantize(&w, 67, 600, 64, true).unwrap())));
+        cases.push(("int8".into(), Arc::new(Int8Matrix::quantize(&w, 67, 600).unwrap())));
+        for (name, q) in cases {
+            let (gq, cq) = (g.upload_quant(q.clone()).unwrap(), c.upload_quant(q).unwrap());
+            check_row_norms(g, &c, &gq, &cq, &mut rng, &name);
+        }
+        // A delta of the wrong length is an error, not a read past its end.
+        let q: loraforge::backend::HostQuant = Arc::new(F32Matrix { data: vec![1.0; 12], rows: 3, cols: 4 });
+        let gq = g.upload_quant(q).unwrap();
+        assert!(g.row_norms(&gq, Some(&up(g, &[0.0; 11])), false).is_err());
+    }
 }
 
 /// The packed frozen-weight path: every format with a device decoder (quant_decode.wgsl) uploaded
@@ -634,8 +694,8 @@ fn linear_cross_entropy_over_a_packed_head() {
 /// a 128 MiB device: every weight here needs 2-3 pieces (asserted), including an f32 weight (host
 /// f32 split the same way) and NF4 with double quantization (pieces on nested-block boundaries).
 /// Embedding lookups, full decodes (their f32 output bound in windows), quant_linear (+ bias), its
-/// input gradient and the cross-entropy over a split head must equal the unsplit CPU results (same
-/// bounds as the unsplit tests).
+/// input gradient, the cross-entropy over a split head and DoRA's row norms must equal the unsplit
+/// CPU results (same bounds as the unsplit tests).
 #[test]
 fn weights_larger_than_a_binding_are_split_in_row_pieces() {
     use loraforge::quant::ggml::{GgmlMatrix, GgmlType};
@@ -714,6 +774,8 @@ fn weights_larger_than_a_binding_are_split_in_row_pieces() {
                 "split head ce dh",
             );
         }
+        // DoRA's norms per piece, their delta (4-8x the packed bytes) bound in row windows.
+        check_row_norms(&g, &c, &gq, &cq, &mut rng, name);
         println!("{name}: {} pieces, lookups / matmuls / gradients match the CPU", gq.pieces());
     }
 }

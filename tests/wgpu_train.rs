@@ -1,5 +1,6 @@
-//! The trainer on wgpu: five LoRA steps (dense base) and five QLoRA steps (NF4 base, double
-//! quantization) on a small Llama-shaped model give the CPU trainer's losses and gradient norms.
+//! The trainer on wgpu: five LoRA steps (dense base), five QLoRA steps (NF4 base, double
+//! quantization) and five DoRA steps (NF4 base) on a small Llama-shaped model give the CPU
+//! trainer's losses and gradient norms.
 //! Runs on lavapipe in CI (LORAFORGE_ALLOW_SOFTWARE_ADAPTER=1); without an adapter it prints SKIP.
 #![cfg(feature = "wgpu")]
 // Configs read best as "defaults, then the fields this test changes".
@@ -65,14 +66,30 @@ fn run_with<B: Backend>(be: B, quant: Option<u32>, dropout: f64, batch: usize, t
 /// (loss, grad_norm) of five steps of `a` on a random `cfg` model and synthetic tokens; removes
 /// the run's output directory `out`.
 fn five_steps<B: Backend>(be: B, a: TrainArgs, cfg: ModelConfig, out: &std::path::Path) -> Vec<(f64, f64)> {
+    five_steps_counting(be, a, cfg, out, || 0).0
+}
+
+/// `five_steps`, also returning how much `counter` (read before and after each step) grew per step.
+fn five_steps_counting<B: Backend>(
+    be: B,
+    a: TrainArgs,
+    cfg: ModelConfig,
+    out: &std::path::Path,
+    counter: impl Fn() -> u64,
+) -> (Vec<(f64, f64)>, Vec<u64>) {
     let spec = adapter_spec(&a).unwrap();
     let model = random_model(&be, &cfg, &spec).unwrap();
     let data = synthetic_data(cfg.vocab_size, 8, 48, 5);
     let parts = ModelParts { model, cfg, chat: None, base: a.model_name_or_path.clone(), base_fingerprint: None };
     let mut t = Trainer::from_parts(be, a, Vec::new(), parts, Some(data)).unwrap();
-    let v = (0..5).map(|_| t.step().map(|r| (r.loss, r.grad_norm)).unwrap()).collect();
+    let (mut v, mut counts) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let c0 = counter();
+        v.push(t.step().map(|r| (r.loss, r.grad_norm)).unwrap());
+        counts.push(counter() - c0);
+    }
     let _ = std::fs::remove_dir_all(out);
-    v
+    (v, counts)
 }
 
 fn compare(quant: Option<u32>, tag: &str) {
@@ -159,6 +176,40 @@ fn lora_five_steps_match_cpu() {
 #[test]
 fn qlora_nf4_five_steps_match_cpu() {
     compare(Some(4), "qlora");
+}
+
+/// DoRA on an NF4 base: each forward takes 1 / ‖W₀ + sBA‖ per row from row_norms.wgsl (read from
+/// the packed blocks) and five steps give the CPU's losses and gradient norms. The host waits for
+/// the device exactly as often as in the same run without DoRA (the loss and the gradient norm):
+/// no per-layer readback of weights or norms.
+#[test]
+fn dora_qlora_five_steps_match_cpu_without_readbacks() {
+    let Some(gpu) = gpu() else { return };
+    let args = |tag: &str, dora: bool| {
+        let out = std::env::temp_dir().join(format!("loraforge-wgpu-train-{tag}-{}", std::process::id()));
+        let mut a = synthetic_args(&out);
+        a.quantization_bit = Some(4);
+        a.use_dora = dora;
+        a.lora_rank = 8;
+        a.lora_dropout = 0.0;
+        a.cutoff_len = 48;
+        a.per_device_train_batch_size = 2;
+        a.gradient_accumulation_steps = 2;
+        a.learning_rate = 5e-3;
+        a.max_steps = Some(5);
+        (a, out)
+    };
+    let (a, out) = args("dora-cpu", true);
+    let cpu = five_steps(CpuBackend::new(), a, config(), &out);
+    let reads = || gpu.dispatch_stats().readbacks;
+    let (a, out) = args("dora-gpu", true);
+    let (wgpu, dora_reads) = five_steps_counting(gpu.clone(), a, config(), &out, reads);
+    assert_steps_match("dora", &cpu, &wgpu);
+    assert!(cpu[4].0 < cpu[0].0, "the run should learn: {cpu:?}");
+    let (a, out) = args("qlora-gpu", false);
+    let (_, qlora_reads) = five_steps_counting(gpu.clone(), a, config(), &out, reads);
+    println!("readbacks per step: DoRA {dora_reads:?}, QLoRA {qlora_reads:?}");
+    assert_eq!(dora_reads, qlora_reads, "DoRA steps wait for the device more often than QLoRA steps");
 }
 
 /// A device lost in the middle of a run (here `WgpuBackend::simulate_device_loss`, i.e.

@@ -204,22 +204,13 @@ impl Backend for CpuBackend {
         cpu::quant_linear::quant_linear_backward(&mut dx, &dy.data, w.q.as_ref());
         Ok(self.wrap(dx))
     }
-    fn row_norms(&self, w: &CpuQuant, delta: Option<&CpuStorage>) -> Result<CpuStorage> {
+    fn row_norms(&self, w: &CpuQuant, delta: Option<&CpuStorage>, recip: bool) -> Result<CpuStorage> {
         let (rows, cols) = (w.q.rows(), w.q.cols());
         if let Some(d) = delta {
             Self::check_len("row_norms", "delta", d, rows * cols)?;
         }
-        let mut row = vec![0.0f32; cols];
-        let mut out = Vec::with_capacity(rows);
-        for r in 0..rows {
-            w.q.dequantize_row(r, &mut row);
-            let mut acc = 0.0f64;
-            for j in 0..cols {
-                let v = row[j] as f64 + delta.map_or(0.0, |d| d.data[r * cols + j] as f64);
-                acc += v * v;
-            }
-            out.push(acc.sqrt() as f32);
-        }
+        let mut out = vec![0.0f32; rows];
+        cpu::row_norms::row_norms(&mut out, w.q.as_ref(), delta.map(|d| d.data.as_slice()), recip);
         Ok(self.wrap(out))
     }
 

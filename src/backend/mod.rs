@@ -135,8 +135,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
     ) -> Result<Self::Storage>;
     /// dx (N, d_in) = dy (N, d_out) · W. Never a gradient for W.
     fn quant_linear_backward(&self, dy: &Self::Storage, w: &Self::QStorage, n: usize) -> Result<Self::Storage>;
-    /// ||W[r, :] + delta[r, :]||₂ per row: (rows). For DoRA's weight norm (delta = s·BA).
-    fn row_norms(&self, w: &Self::QStorage, delta: Option<&Self::Storage>) -> Result<Self::Storage>;
+    /// ||W[r, :] + delta[r, :]||₂ per row, or its reciprocal when `recip`: (rows). For DoRA's weight
+    /// norm (delta = s·BA). Spec: cpu/row_norms.rs.
+    fn row_norms(&self, w: &Self::QStorage, delta: Option<&Self::Storage>, recip: bool) -> Result<Self::Storage>;
 
     // === normalisation, position, attention, activations ===
     /// Returns (out (rows, c), rstd (rows)).

@@ -95,7 +95,7 @@ impl<B: Backend> LoraLinear<B> {
         let b = Param::new(format!("{name}.lora_B"), Tensor::zeros(be, [d_out, cfg.rank])?);
         let magnitude = if cfg.use_dora {
             let norms = match &base {
-                Weight::Frozen(q) => be.row_norms(q, None)?,
+                Weight::Frozen(q) => be.row_norms(q, None, false)?,
                 Weight::Dense(t) => {
                     let v = t.to_vec()?;
                     let n: Vec<f32> = v
@@ -164,20 +164,22 @@ impl<B: Backend> LoraLinear<B> {
         let y = ops::add(tape, &base_no_bias, &lora)?;
         let Some(m) = &self.magnitude else { return Ok(y) };
         // DoRA: scale = m / ‖W₀ + sBA‖ (norm detached), then y = scale ⊙ (W₀x + s·BAx) + b.
-        let norm = match &self.base {
-            Weight::Frozen(q) => be.row_norms(q, Some(self.delta()?.storage()))?,
+        // 1 / ‖W₀ + sBA‖ per row, on the backend (no readback: a GPU step never waits here).
+        let inv = match &self.base {
+            Weight::Frozen(q) => be.row_norms(q, Some(self.delta()?.storage()), true)?,
             Weight::Dense(w) => {
+                // FALLBACK(cpu): a dense (unquantized, random-init) base: merged on the backend,
+                // norms on the host.
                 let mut t = Tape::new();
                 let merged = ops::add(&mut t, &w.detach(), &self.delta()?)?.to_vec()?;
                 let n: Vec<f32> = merged
                     .chunks(self.d_in)
-                    .map(|r| r.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt() as f32)
+                    .map(|r| (1.0 / r.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt()) as f32)
                     .collect();
                 be.upload(&n)?
             }
         };
-        let inv: Vec<f32> = be.download(&norm)?.iter().map(|&n| 1.0 / n).collect();
-        let inv = Tensor::from_slice(&be, &inv, [1, self.d_out])?;
+        let inv = Tensor::from_storage(&be, inv, Shape::new(&[1, self.d_out]), None);
         let m_row = m.t.reshape([1, self.d_out])?;
         let mag_scale = ops::mul(tape, &m_row, &inv)?; // (1, d_out), tracked through m
         let y = ops::mul_rows(tape, &y, &mag_scale.reshape([self.d_out])?)?;

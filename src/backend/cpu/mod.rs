@@ -16,6 +16,7 @@ pub mod matmul;
 pub mod quant_linear;
 pub mod rms_norm;
 pub mod rope;
+pub mod row_norms;
 pub mod swiglu;
 
 pub use real::Real;

@@ -132,11 +132,14 @@ pub struct Ctx {
 /// varying segments would otherwise grow it without bound).
 pub const MAX_RANGES: usize = 64;
 
-/// How many dispatches were recorded and how many bind groups had to be created for them.
+/// How many dispatches were recorded, how many bind groups had to be created for them, and how
+/// often (and how many bytes) the host waited for a value read back from the device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DispatchStats {
     pub dispatches: u64,
     pub bind_groups_created: u64,
+    pub readbacks: u64,
+    pub readback_bytes: u64,
 }
 
 #[derive(Default)]
@@ -537,6 +540,11 @@ impl Ctx {
         self.check_lost()?;
         if bytes == 0 {
             return Ok(Vec::new());
+        }
+        {
+            let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+            c.readbacks += 1;
+            c.readback_bytes += bytes;
         }
         let size = bytes.div_ceil(4) * 4;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {

@@ -99,8 +99,8 @@ impl WgpuBackend {
         self.ctx.destroy();
     }
 
-    /// Dispatches recorded and bind groups created so far (with `reuse_bindings`, a repeated step
-    /// creates none).
+    /// Dispatches recorded, bind groups created (with `reuse_bindings`, a repeated step creates
+    /// none) and readbacks (the host waiting for device values) so far.
     pub fn dispatch_stats(&self) -> DispatchStats {
         *self.ctx.counters.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -5,10 +5,9 @@
 //! trait asks; the specs' `+=` contract is met by zeroing first where a kernel accumulates.
 //!
 //! Frozen weights stay packed on the device (`DequantRows::device_blocks`) and are decoded inside
-//! quant_linear.wgsl / dequantize.wgsl. Host-side parts, all marked `// FALLBACK(cpu)`:
+//! quant_linear.wgsl / dequantize.wgsl / row_norms.wgsl. Host-side parts, all marked `// FALLBACK(cpu)`:
 //! `upload_quant` decodes to f32 on the host for formats without a device decoder (Q2_K, Q3_K,
-//! F32, ...) or packed data larger than one binding, and `row_norms` (DoRA only) downloads and
-//! computes on the host.
+//! F32, ...) or packed data larger than one binding.
 
 use super::pipelines::{dispatch, grid_1d, Bind, Buf};
 use super::pool::PooledBuffer;
@@ -1278,31 +1277,63 @@ impl Backend for WgpuBackend {
             QuantRepr::Packed { .. } => self.quant_matmul(dy, w, None, n, true),
         }
     }
-    fn row_norms(&self, w: &WgpuQuant, delta: Option<&WgpuStorage>) -> Result<WgpuStorage> {
-        // FALLBACK(cpu): DoRA's row norms are computed on the host (download, f64 sum, upload).
+    fn row_norms(&self, w: &WgpuQuant, delta: Option<&WgpuStorage>, recip: bool) -> Result<WgpuStorage> {
+        const OP: &str = "row_norms";
         let (rows, cols) = (w.rows, w.cols);
-        let wd = match &w.repr {
-            QuantRepr::Dense(d) => self.download(d)?,
-            QuantRepr::Packed { .. } => self.download(&self.decode_rows(w, None)?)?,
-        };
-        let dd = match delta {
-            Some(d) => {
-                check_len("row_norms", "delta", d, rows * cols)?;
-                Some(self.download(d)?)
-            }
-            None => None,
-        };
-        let out: Vec<f32> = (0..rows)
-            .map(|r| {
-                let mut acc = 0.0f64;
-                for j in 0..cols {
-                    let v = wd[r * cols + j] as f64 + dd.as_ref().map_or(0.0, |d| d[r * cols + j] as f64);
-                    acc += v * v;
+        if let Some(d) = delta {
+            check_len(OP, "delta", d, rows * cols)?;
+        }
+        let out = self.alloc(OP, rows)?;
+        if rows == 0 {
+            return Ok(out);
+        }
+        let dummy = Buf::from(&self.ctx.dummy);
+        // One piece of `n_rows` rows from row `r0`: delta (f32, up to 8x the packed bytes) bound in
+        // windows of whole rows that fit one binding, a launch per window.
+        let piece =
+            |q: Buf, aux: Buf, format: DeviceFormat, params: [u32; 4], offset: f32, r0: usize, n_rows: usize| {
+                for (row0, n) in self.row_windows(OP, n_rows, cols, 1)? {
+                    let (db, delta_base) = match delta {
+                        Some(d) => self.window(d.b(), (r0 + row0) * cols, n * cols),
+                        None => (dummy, 0),
+                    };
+                    let groups = grid_1d(n);
+                    dispatch(
+                        &self.ctx,
+                        OP,
+                        "main",
+                        &[("FORMAT", format as u32 as f64)],
+                        &[Bind::r(q), Bind::r(aux), Bind::r(db), Bind::w(out.b())],
+                        &[
+                            u(n),
+                            u(cols),
+                            delta.is_some() as u32,
+                            recip as u32,
+                            params[0],
+                            params[1],
+                            params[2],
+                            params[3],
+                            offset.to_bits(),
+                            u(row0),
+                            u(row0 * cols),
+                            u(delta_base),
+                            u(r0 + row0),
+                        ],
+                        groups,
+                    )?;
                 }
-                acc.sqrt() as f32
-            })
-            .collect();
-        self.upload(&out)
+                Ok::<(), Error>(())
+            };
+        match &w.repr {
+            // A dense weight fits one binding (upload_quant splits larger ones into f32 pieces).
+            QuantRepr::Dense(d) => piece(d.b().into(), dummy, DeviceFormat::F32, [u(4 * cols), 0, 0, 0], 0.0, 0, rows)?,
+            QuantRepr::Packed { pieces, format, offset } => {
+                for pc in pieces {
+                    piece(pc.q.b().into(), pc.aux.b().into(), *format, pc.params, *offset, pc.r0, pc.rows)?;
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn rms_norm(

@@ -60,9 +60,10 @@ fn source(shader: &str, subgroups: bool) -> Option<&'static str> {
         "attention_backward" => reducing!(subgroups, "attention_backward.wgsl"),
         "attention_decode" => wgsl!("attention_decode.wgsl"),
         "nf4_quantize" => wgsl!("nf4_quantize.wgsl"),
-        // The two shaders that read packed weights share the decoder, prepended.
+        // The shaders that read packed weights share the decoder, prepended.
         "quant_linear" => reducing!(subgroups, "quant_decode.wgsl", "quant_linear.wgsl"),
         "dequantize" => concat!(wgsl!("quant_decode.wgsl"), wgsl!("dequantize.wgsl")),
+        "row_norms" => reducing!(subgroups, "quant_decode.wgsl", "row_norms.wgsl"),
         _ => return None,
     })
 }
