@@ -1,4 +1,5 @@
-// elementwise.wgsl: add, mul, scale, add_assign, scale_in_place, mul_rows, mul_rows_backward_v.
+// elementwise.wgsl: add, mul, scale, add_assign, scale_in_place, scale_by_in_place, mul_rows,
+// mul_rows_backward_v.
 // Spec: src/backend/cpu_backend.rs (the one-line loops there)   Test: tests/wgpu_ops.rs
 // One thread per element; the grid is folded into (x, y) when it exceeds 65535 workgroups.
 // Binding roles: a, b inputs; out the result (or the in-place operand of add_assign/scale_in_place).
@@ -59,6 +60,15 @@ fn scale_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let i = flat(wid, nwg, lid);
     if (i >= p.n) { return; }
     out[i] = out[i] * p.s;
+}
+
+// out *= b[0]: a scale that lives on the device (the loss's incoming gradient), never read back.
+@compute @workgroup_size(256)
+fn scale_by_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out[i] = out[i] * b[0];
 }
 
 // out[r, j] = a[r, j] * b[j]

@@ -103,6 +103,11 @@ fn elementwise_exact() {
         g.scale_in_place(&mut gd, -1.5).unwrap();
         c.scale_in_place(&mut cd, -1.5).unwrap();
         assert_close(&down(g, &gd), &cdown(&cd), Tol::EXACT, "add_assign + scale_in_place");
+        let k = a[n / 2];
+        g.scale_by_in_place(&mut gd, &up(g, &[k])).unwrap();
+        c.scale_by_in_place(&mut cd, &c.upload(&[k]).unwrap()).unwrap();
+        assert_close(&down(g, &gd), &cdown(&cd), Tol::EXACT, "scale_by_in_place");
+        assert!(g.scale_by_in_place(&mut gd, &up(g, &[1.0, 2.0])).is_err(), "a two-element scale must be an Error");
         assert!(g.add(&ga, &up(g, &[1.0])).is_err() || n == 1, "length mismatch must be an Error");
     }
     for &(rows, cols) in &[(1usize, 1usize), (3, 257), (300, 7)] {
@@ -811,6 +816,9 @@ fn trainable_tensors_larger_than_a_binding_are_bound_in_windows() {
     g.scale_in_place(&mut gd, -1.5).unwrap();
     c.scale_in_place(&mut cd, -1.5).unwrap();
     assert_close(&down(&g, &gd), &cdown(&cd), exact, "add_assign, scale_in_place");
+    g.scale_by_in_place(&mut gd, &up(&g, &[0.7])).unwrap();
+    c.scale_by_in_place(&mut cd, &c.upload(&[0.7]).unwrap()).unwrap();
+    assert_close(&down(&g, &gd), &cdown(&cd), exact, "scale_by_in_place");
     // Sum of squares: partials of 4096 in f32, then f64 (as the unsplit test).
     let (gn, cn) = (g.grad_norm_sq(&[&ga, &gb]).unwrap(), c.grad_norm_sq(&[&ca, &cb]).unwrap());
     assert!((gn - cn).abs() <= 1e-5 * cn, "grad_norm_sq {gn} vs {cn}");

@@ -319,6 +319,19 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Σ g² over all buffers, accumulated in f64.
     fn grad_norm_sq(&self, grads: &[&Self::Storage]) -> Result<f64>;
     fn scale_in_place(&self, s: &mut Self::Storage, k: f32) -> Result<()>;
+    /// s *= k[0], where `k` is a one-element tensor on the device (a loss's incoming gradient).
+    /// The default reads k back and calls `scale_in_place`, which is the spec; a GPU backend
+    /// overrides it with a kernel so backward never waits for the host.
+    fn scale_by_in_place(&self, s: &mut Self::Storage, k: &Self::Storage) -> Result<()> {
+        let k = self.download(k)?;
+        match k[..] {
+            [k] => self.scale_in_place(s, k),
+            _ => Err(crate::error::Error::InvalidArgument {
+                op: "scale_by_in_place",
+                msg: format!("the scale must hold one element, it holds {}", k.len()),
+            }),
+        }
+    }
 }
 
 /// Which device to run on, as the CLI and configs spell it.

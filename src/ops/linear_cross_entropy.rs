@@ -79,12 +79,12 @@ pub(crate) fn backward<B: Backend>(
     dout: &B::Storage,
     grads: &mut Grads<B>,
 ) -> Result<()> {
-    let k = b.download(dout)?[0];
+    // The incoming gradient stays on the device (1 when the loss is the root, 1/accumulation or a
+    // preference-loss weight otherwise): scaling by it costs a tiny dispatch, reading it back
+    // would stall the stream once per micro-batch.
     for (var, g) in [(h, dh), (w, dw)] {
         if let (Some(var), Some(mut g)) = (var, g) {
-            if k != 1.0 {
-                b.scale_in_place(&mut g, k)?;
-            }
+            b.scale_by_in_place(&mut g, dout)?;
             grads.accumulate(b, var, g)?;
         }
     }

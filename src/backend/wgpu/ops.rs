@@ -1842,6 +1842,14 @@ impl Backend for WgpuBackend {
     fn scale_in_place(&self, s: &mut WgpuStorage, k: f32) -> Result<()> {
         self.ew_flat("scale_in_place", None, None, s.b(), s.len, k)
     }
+    fn scale_by_in_place(&self, s: &mut WgpuStorage, k: &WgpuStorage) -> Result<()> {
+        check_len("scale_by_in_place", "k", k, 1)?;
+        let dummy = Buf::from(&self.ctx.dummy);
+        for (e0, len) in self.flat_windows(s.len) {
+            self.ew("scale_by_in_place", dummy, span(k.b(), 0, 1), span(s.b(), e0, len), len, 1, 0.0, 0)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
