@@ -65,7 +65,7 @@ pub struct Options {
     /// SHADER_F16. `LORAFORGE_WGPU_KV_F16=0|1` overrides the default.
     pub kv_f16: Option<bool>,
     /// Run forward matmuls on cooperative matrices (matmul_coop.wgsl: f16 inputs, f32
-    /// accumulation, tensor cores) where the adapter supports them (`coop_wg`). Off unless asked
+    /// accumulation, tensor cores) where the adapter supports them (`coop_config`). Off unless asked
     /// for: wgpu marks the feature experimental, and it has not yet been checked on a GPU against
     /// the CPU (tests/wgpu_ops.rs `matmul_coop_matches_the_cpu` does that where it can run).
     pub coop_matrix: bool,
@@ -124,8 +124,8 @@ pub struct Ctx {
     /// step repeats the same shapes and segments every step, so it reuses the buffer (no write, and
     /// the bind groups that name it stay cached). Cleared when it holds `MAX_RANGES` entries.
     pub attn_ranges: Mutex<HashMap<Vec<u32>, Arc<PooledBuffer>>>,
-    /// Workgroup size of matmul_coop.wgsl (4 subgroups) when forward matmuls use it (`coop_wg`).
-    pub coop_wg: Option<u32>,
+    /// matmul_coop.wgsl's workgroup size and tile when forward matmuls use it (`coop_config`).
+    pub coop: Option<Coop>,
 }
 
 /// Entries of `Ctx::attn_ranges` before it is cleared (a run has a few shapes; packed data with
@@ -248,22 +248,33 @@ pub fn describe_adapters() -> Vec<String> {
         .collect()
 }
 
-/// matmul_coop.wgsl's workgroup size on `adapter`, or None where it cannot run: it needs
-/// SHADER_F16, SUBGROUP with one subgroup size (its 4 subgroups are counted from it), and the
-/// subgroup-scope f16 16x16x16 -> f32 cooperative-matrix configuration.
-fn coop_wg(adapter: &wgpu::Adapter) -> Option<u32> {
+/// How matmul_coop.wgsl runs on an adapter: its workgroup size (4 subgroups) and cooperative-matrix
+/// tile (16, or 8 where only 8x8x8 is listed, as on lavapipe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Coop {
+    pub wg: u32,
+    pub tile: u32,
+}
+
+/// matmul_coop.wgsl's configuration on `adapter`, or None where it cannot run: it needs
+/// SHADER_F16, SUBGROUP with one subgroup size (its 4 subgroups are counted from it), and a
+/// subgroup-scope f16 16x16x16 (preferred) or 8x8x8 -> f32 cooperative-matrix configuration.
+fn coop_config(adapter: &wgpu::Adapter) -> Option<Coop> {
     let need = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
     let info = adapter.get_info();
     if !adapter.features().contains(need) || info.subgroup_min_size != info.subgroup_max_size {
         return None;
     }
-    let f16_16 = adapter.cooperative_matrix_properties().iter().any(|c| {
-        (c.m_size, c.n_size, c.k_size) == (16, 16, 16)
-            && c.ab_type == wgpu::CooperativeScalarType::F16
-            && c.cr_type == wgpu::CooperativeScalarType::F32
-    });
+    let listed = |t: u32| {
+        adapter.cooperative_matrix_properties().iter().any(|c| {
+            (c.m_size, c.n_size, c.k_size) == (t, t, t)
+                && c.ab_type == wgpu::CooperativeScalarType::F16
+                && c.cr_type == wgpu::CooperativeScalarType::F32
+        })
+    };
+    let tile = [16, 8].into_iter().find(|&t| listed(t))?;
     let wg = 4 * info.subgroup_min_size;
-    (f16_16 && wg <= adapter.limits().max_compute_invocations_per_workgroup).then_some(wg)
+    (wg <= adapter.limits().max_compute_invocations_per_workgroup).then_some(Coop { wg, tile })
 }
 
 /// The smallest subgroup the subgroup builds of the shaders work with.
@@ -295,8 +306,8 @@ impl Ctx {
         if opts.subgroups && info.subgroup_min_size >= MIN_SUBGROUP {
             wanted |= wgpu::Features::SUBGROUP;
         }
-        let coop_wg = if opts.coop_matrix { coop_wg(&adapter) } else { None };
-        if coop_wg.is_some() {
+        let coop = if opts.coop_matrix { coop_config(&adapter) } else { None };
+        if coop.is_some() {
             wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         }
         let features = adapter.features() & wanted;
@@ -310,8 +321,8 @@ impl Ctx {
             // SAFETY: wgpu's experimental features may misbehave when used incorrectly; the only
             // one requested is EXPERIMENTAL_COOPERATIVE_MATRIX, and only when the caller asked for
             // it (`Options::coop_matrix`), for matmul_coop.wgsl, which uses configurations the
-            // adapter lists (`coop_wg`).
-            experimental_features: if coop_wg.is_some() {
+            // adapter lists (`coop_config`).
+            experimental_features: if coop.is_some() {
                 unsafe { wgpu::ExperimentalFeatures::enabled() }
             } else {
                 wgpu::ExperimentalFeatures::disabled()
@@ -372,7 +383,7 @@ impl Ctx {
             binding_cap: opts.binding_cap,
             vec4_loads: opts.vec4_loads,
             attn_ranges: Mutex::new(HashMap::new()),
-            coop_wg,
+            coop,
         }))
     }
 

@@ -64,7 +64,7 @@ impl WgpuBackend {
     /// Do forward matmuls of 16 rows or more run on cooperative matrices (matmul_coop.wgsl)? Only
     /// when asked for (`WgpuOptions::coop_matrix`) on an adapter that supports them.
     pub fn uses_coop_matrix(&self) -> bool {
-        self.ctx.coop_wg.is_some()
+        self.ctx.coop.is_some()
     }
 
     /// The adapter in use, as `describe_adapters` prints it (name, backend, type).

@@ -709,17 +709,22 @@ impl WgpuBackend {
         coop: bool,
     ) -> Result<()> {
         let ov = [("TRANS_A", d.trans_a as u32 as f64), ("TRANS_B", d.trans_b as u32 as f64)];
-        let coop_wg = self.ctx.coop_wg.filter(|_| coop);
-        let groups = |batch: usize| ((d.n.div_ceil(64)) as u32, (d.m.div_ceil(64)) as u32, batch as u32);
+        let coop = self.ctx.coop.filter(|_| coop);
+        // Output tile: 64x64 (matmul.wgsl), 4T x 4T (matmul_coop.wgsl).
+        let tile = coop.map_or(64, |c| 4 * c.tile as usize);
+        let groups = |batch: usize| ((d.n.div_ceil(tile)) as u32, (d.m.div_ceil(tile)) as u32, batch as u32);
         // 16-byte loads when every row of A and B starts 16-byte aligned and no vec4 straddles the
         // end of a row (matmul.wgsl `main_vec4`); scalar loads otherwise.
         let a_row = if d.trans_a { d.m } else { d.k };
         let b_row = if d.trans_b { d.k } else { d.n };
         let aligned = self.ctx.vec4_loads
             && [a_row, b_row, d.k, offs.0, offs.1, d.a_stride, d.b_stride, lds.a, lds.b].iter().all(|x| x % 4 == 0);
-        let entry = if aligned && coop_wg.is_none() { "main_vec4" } else { "main" };
-        let (shader, ov) = match coop_wg {
-            Some(wg) => ("matmul_coop", vec![ov[0], ov[1], ("WG", wg as f64)]),
+        let entry = if aligned && coop.is_none() { "main_vec4" } else { "main" };
+        let (shader, ov) = match coop {
+            Some(c) => {
+                let shader = if c.tile == 16 { "matmul_coop" } else { "matmul_coop8" };
+                (shader, vec![ov[0], ov[1], ("WG", c.wg as f64)])
+            }
             None => ("matmul", ov.to_vec()),
         };
         let launch = |a_off: usize, b_off: usize, c_off: usize, batch: usize, acc: bool| {

@@ -44,7 +44,10 @@ fn source(shader: &str, subgroups: bool) -> Option<&'static str> {
     Some(match shader {
         "elementwise" => wgsl!("elementwise.wgsl"),
         "matmul" => wgsl!("matmul.wgsl"),
-        "matmul_coop" => wgsl!("matmul_coop.wgsl"),
+        // The cooperative-matrix tile size (16 or 8) comes with a prelude: WGSL's matrix types
+        // take literal sizes.
+        "matmul_coop" => concat!(wgsl!("matmul_coop_tile16.wgsl"), wgsl!("matmul_coop.wgsl")),
+        "matmul_coop8" => concat!(wgsl!("matmul_coop_tile8.wgsl"), wgsl!("matmul_coop.wgsl")),
         "reduce" => reducing!(subgroups, "reduce.wgsl"),
         "rms_norm" => reducing!(subgroups, "rms_norm.wgsl"),
         "rms_norm_backward" => reducing!(subgroups, "rms_norm_backward.wgsl"),
@@ -358,14 +361,21 @@ mod tests {
     use super::source;
     use wgpu::naga;
 
-    /// matmul_coop.wgsl runs only on adapters with cooperative matrices (none here), so its
-    /// compilation is checked on the host: naga parses it, validates it with the capabilities the
-    /// device would grant, and writes SPIR-V using cooperative-matrix instructions, at every
-    /// transpose; without the capability it is refused.
+    /// matmul_coop.wgsl runs only on adapters with cooperative matrices (a GPU, or Mesa 26's
+    /// lavapipe for the 8x8 tiles: tests/wgpu_ops.rs), so its compilation is also checked on the
+    /// host, for both tile sizes: naga parses it, validates it with the capabilities the device
+    /// would grant, and writes SPIR-V using cooperative-matrix instructions, at every transpose;
+    /// without the capability it is refused.
     #[test]
     fn matmul_coop_compiles_to_spirv() {
+        for shader in ["matmul_coop", "matmul_coop8"] {
+            coop_compiles_to_spirv(shader);
+        }
+    }
+
+    fn coop_compiles_to_spirv(shader: &str) {
         use naga::valid::{Capabilities, ValidationFlags, Validator};
-        let src = source("matmul_coop", true).unwrap();
+        let src = source(shader, true).unwrap();
         let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{}", e.emit_to_string(src)));
         let caps = Capabilities::COOPERATIVE_MATRIX | Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP;
         let info = Validator::new(ValidationFlags::all(), caps)
