@@ -66,8 +66,9 @@ pub struct Options {
     pub kv_f16: Option<bool>,
     /// Run forward matmuls on cooperative matrices (matmul_coop.wgsl: f16 inputs, f32
     /// accumulation, tensor cores) where the adapter supports them (`coop_config`). Off unless asked
-    /// for: wgpu marks the feature experimental, and it has not yet been checked on a GPU against
-    /// the CPU (tests/wgpu_ops.rs `matmul_coop_matches_the_cpu` does that where it can run).
+    /// for: wgpu marks the feature experimental, and its 16x16 tiles have not yet been checked on
+    /// a GPU against the CPU (tests/wgpu_ops.rs `matmul_coop_matches_the_cpu` checks the 8x8 ones
+    /// on Mesa 26's lavapipe in every test run, and any configuration where it finds one).
     pub coop_matrix: bool,
 }
 
