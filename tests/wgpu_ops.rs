@@ -205,15 +205,6 @@ fn matmul_forward_all_transposes() {
     }
 }
 
-/// matmul_coop.wgsl (cooperative matrices, f16 inputs, f32 accumulation) against the spec, where
-/// an adapter runs it (`WgpuOptions::coop_matrix`): a GPU's 16x16x16 tiles, or the 8x8x8 ones of
-/// lavapipe from Mesa 26 (Debian's Mesa 25 has no VK_KHR_cooperative_matrix: there it skips with a
-/// message; `.ci/setup` installs Mesa 26's lavapipe beside it for this test, see `.ci/lavapipe-coop`).
-/// The inputs are rounded to f16 on the host first, so the kernel's own rounding is exact and
-/// only the f32 accumulation order differs from the f64 spec: the tolerance is MATMUL_TOL's, and a
-/// transposed or misplaced tile fails it by orders of magnitude. Shapes: 16-row minimum (smaller
-/// products keep matmul.wgsl), partial tiles, K not a multiple of the tile, all transposes, bias,
-/// a batch with a broadcast weight.
 /// Set in the child that `matmul_coop_matches_the_cpu` starts under Mesa 26's lavapipe.
 const COOP_CHILD: &str = "LORAFORGE_TEST_COOP_CHILD";
 
@@ -231,6 +222,16 @@ fn coop_lavapipe() -> Option<std::path::PathBuf> {
     root.join("ok").exists().then_some(root)
 }
 
+/// matmul_coop.wgsl (cooperative matrices, f16 inputs, f32 accumulation) against the spec, where
+/// an adapter runs it (`WgpuOptions::coop_matrix`): a GPU's 16x16x16 tiles, or the 8x8x8 ones of
+/// lavapipe from Mesa 26. Debian 12's Mesa 25 has no VK_KHR_cooperative_matrix: there the test
+/// runs itself again under the Mesa 26 root that `.ci/setup` unpacks (`.ci/lavapipe-coop`), and
+/// skips with a message only where that root is missing.
+/// The inputs are rounded to f16 on the host first, so the kernel's own rounding is exact and
+/// only the f32 accumulation order differs from the f64 spec: the tolerance is MATMUL_TOL's, and a
+/// transposed or misplaced tile fails it by orders of magnitude. Shapes: 16-row minimum (smaller
+/// products keep matmul.wgsl), partial tiles, K not a multiple of the tile, all transposes, bias,
+/// a batch with a broadcast weight.
 #[test]
 fn matmul_coop_matches_the_cpu() {
     let _ = gpu_or_skip!();

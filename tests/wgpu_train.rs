@@ -210,8 +210,8 @@ fn dora_qlora_five_steps_match_cpu_without_readbacks() {
     let (_, qlora_reads) = five_steps_counting(gpu.clone(), a, config(), &out, reads);
     println!("readbacks per step: DoRA {dora_reads:?}, QLoRA {qlora_reads:?}");
     assert_eq!(dora_reads, qlora_reads, "DoRA steps wait for the device more often than QLoRA steps");
-    // What the host needs: each micro-batch's loss sum and token count (one read) and the step's
-    // gradient norm (one read). Backward scales by the loss's incoming gradient on the device.
+    // What the host needs: the loss sum of each of the 2 micro-batches (one read each) and the
+    // step's gradient norm (one read). Backward scales by the loss's incoming gradient on the device.
     let needed = 2 + 1;
     assert!(
         qlora_reads.iter().all(|&r| r <= needed),
