@@ -222,11 +222,52 @@ fn coop_lavapipe() -> Option<std::path::PathBuf> {
     root.join("ok").exists().then_some(root)
 }
 
+/// A backend with cooperative matrices turned on (`WgpuOptions::coop_matrix`), or None when the
+/// default adapter has none: then `test` runs again in a child under the Mesa 26 lavapipe that
+/// `.ci/setup` unpacks (`.ci/lavapipe-coop`, 8x8x8 tiles), which must pass and print `ran`; only
+/// where that root is missing does the test skip, with a message.
+fn coop_or_rerun(test: &str, ran: &str) -> Option<WgpuBackend> {
+    if gpu().is_none() {
+        println!("SKIP: no wgpu adapter (set LORAFORGE_ALLOW_SOFTWARE_ADAPTER=1)");
+        return None;
+    }
+    let g = WgpuBackend::with_options(WgpuOptions { coop_matrix: true, ..Default::default() }).unwrap();
+    if g.uses_coop_matrix() {
+        return Some(g);
+    }
+    assert!(
+        std::env::var_os(COOP_CHILD).is_none(),
+        "started under Mesa 26's lavapipe, but {} offers no cooperative-matrix configuration",
+        g.name()
+    );
+    let Some(root) = coop_lavapipe() else {
+        println!(
+            "SKIP: {} has no f16 16x16x16 or 8x8x8 cooperative-matrix configuration (see `loraforge info \
+             --devices`), and .ci/lavapipe-coop has not unpacked Mesa 26's lavapipe",
+            g.name()
+        );
+        return None;
+    };
+    // The test again, in a child under Mesa 26's loader and lavapipe (.ci/lavapipe-coop).
+    let out = std::process::Command::new(root.join("lib/ld-linux-x86-64.so.2"))
+        .arg("--library-path")
+        .arg(root.join("lib"))
+        .arg(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture"])
+        .env("VK_DRIVER_FILES", root.join("lvp_icd.json"))
+        .env(COOP_CHILD, "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("under {}:\n{stdout}{stderr}", root.display());
+    assert!(out.status.success(), "{test} failed under Mesa 26's lavapipe");
+    assert!(stdout.contains(ran), "the child of {test} under Mesa 26's lavapipe never printed {ran:?}");
+    None
+}
+
 /// matmul_coop.wgsl (cooperative matrices, f16 inputs, f32 accumulation) against the spec, where
-/// an adapter runs it (`WgpuOptions::coop_matrix`): a GPU's 16x16x16 tiles, or the 8x8x8 ones of
-/// lavapipe from Mesa 26. Debian 12's Mesa 25 has no VK_KHR_cooperative_matrix: there the test
-/// runs itself again under the Mesa 26 root that `.ci/setup` unpacks (`.ci/lavapipe-coop`), and
-/// skips with a message only where that root is missing.
+/// an adapter runs it (`coop_or_rerun`): a GPU's 16x16x16 tiles, or the 8x8x8 ones of lavapipe
+/// from Mesa 26 (Debian 12's Mesa 25 has no VK_KHR_cooperative_matrix).
 /// The inputs are rounded to f16 on the host first, so the kernel's own rounding is exact and
 /// only the f32 accumulation order differs from the f64 spec: the tolerance is MATMUL_TOL's, and a
 /// transposed or misplaced tile fails it by orders of magnitude. Shapes: 16-row minimum (smaller
@@ -234,38 +275,7 @@ fn coop_lavapipe() -> Option<std::path::PathBuf> {
 /// a batch with a broadcast weight.
 #[test]
 fn matmul_coop_matches_the_cpu() {
-    let _ = gpu_or_skip!();
-    let g = WgpuBackend::with_options(WgpuOptions { coop_matrix: true, ..Default::default() }).unwrap();
-    if !g.uses_coop_matrix() {
-        assert!(
-            std::env::var_os(COOP_CHILD).is_none(),
-            "started under Mesa 26's lavapipe, but {} offers no cooperative-matrix configuration",
-            g.name()
-        );
-        let Some(root) = coop_lavapipe() else {
-            println!(
-                "SKIP: {} has no f16 16x16x16 or 8x8x8 cooperative-matrix configuration (see `loraforge info \
-                 --devices`), and .ci/lavapipe-coop has not unpacked Mesa 26's lavapipe",
-                g.name()
-            );
-            return;
-        };
-        // This test again, in a child under Mesa 26's loader and lavapipe (.ci/lavapipe-coop).
-        let out = std::process::Command::new(root.join("lib/ld-linux-x86-64.so.2"))
-            .arg("--library-path")
-            .arg(root.join("lib"))
-            .arg(std::env::current_exe().unwrap())
-            .args(["matmul_coop_matches_the_cpu", "--exact", "--nocapture"])
-            .env("VK_DRIVER_FILES", root.join("lvp_icd.json"))
-            .env(COOP_CHILD, "1")
-            .output()
-            .unwrap();
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        println!("under {}:\n{stdout}{stderr}", root.display());
-        assert!(out.status.success(), "matmul_coop failed under Mesa 26's lavapipe");
-        assert!(stdout.contains("matmul_coop ran on"), "the child under Mesa 26's lavapipe did not run matmul_coop");
-        return;
-    }
+    let Some(g) = coop_or_rerun("matmul_coop_matches_the_cpu", "matmul_coop ran on") else { return };
     let f16r = |v: Vec<f32>| v.into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect::<Vec<f32>>();
     let mut rng = Rng::new(61);
     let shapes = [(16usize, 1usize, 1usize), (16, 16, 16), (17, 63, 15), (64, 64, 64), (65, 130, 33), (100, 67, 300)];
@@ -514,6 +524,98 @@ fn quant_formats_fused_decode_matches_cpu() {
         }
         println!("{name}: packed decode, quant_linear and backward match the CPU");
     }
+}
+
+/// quant_linear_coop.wgsl (the forward of a packed weight on cooperative matrices, decoded weights
+/// and inputs rounded to f16, f32 accumulation) against the spec, where an adapter runs it
+/// (`coop_or_rerun`: a GPU's 16x16x16 tiles, or Mesa 26 lavapipe's 8x8x8 ones), for every
+/// device format. The spec is the f64 product of x rounded to f16 and the CPU's decoded weight
+/// rounded to f16: the kernel's roundings are then exact and only the f32 accumulation order
+/// differs (MATMUL_TOL's reasoning, `real_matmul_tol` for K > 131), while a misplaced tile,
+/// row or K slice moves outputs by O(0.1-1). Shapes: 67 weight rows (partial column tiles),
+/// 16 tokens (the first that takes the coop path), 17 and 70 (partial row tiles, several),
+/// NF4 with 33 columns (blocks straddle rows; K not a multiple of the tile); weights in row
+/// pieces (a 64 KiB binding cap; f32, which is packed only then) write their column slices with
+/// bias offsets. The input gradient
+/// must keep quant_linear.wgsl's f32 path: it is held to the f32 tolerance that f16-rounded
+/// products (errors ~1e-3 here) would fail.
+#[test]
+fn quant_linear_coop_matches_the_cpu() {
+    use loraforge::dtype::DType;
+    use loraforge::quant::ggml::{GgmlMatrix, GgmlType};
+    use loraforge::quant::int8::Int8Matrix;
+    use loraforge::quant::nf4::Nf4Matrix;
+    use loraforge::quant::DequantRows;
+    let Some(g) = coop_or_rerun("quant_linear_coop_matches_the_cpu", "quant_linear_coop ran on") else { return };
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(67);
+    let f16r = |v: Vec<f32>| v.into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect::<Vec<f32>>();
+    let rows = 67;
+    let mut cases: Vec<(String, loraforge::backend::HostQuant)> = Vec::new();
+    for (ty, cols) in [
+        (GgmlType::Q4_0, 96),
+        (GgmlType::Q4_1, 96),
+        (GgmlType::Q5_0, 64),
+        (GgmlType::Q5_1, 64),
+        (GgmlType::Q8_0, 96),
+        (GgmlType::Q4_K, 256),
+        (GgmlType::Q5_K, 256),
+        (GgmlType::Q6_K, 256),
+        (GgmlType::F16, 45),
+        (GgmlType::BF16, 45),
+    ] {
+        let w = rand_f32(&mut rng, rows * cols, -1.0, 1.0);
+        cases.push((ty.name().into(), Arc::new(GgmlMatrix::quantize(ty, rows, cols, &w).unwrap())));
+    }
+    for (dq, dtype) in [(false, DType::F32), (true, DType::BF16)] {
+        let w = rand_f32(&mut rng, rows * 33, -1.0, 1.0);
+        let m = Nf4Matrix::quantize_as(&w, rows, 33, 64, dq, dtype).unwrap();
+        cases.push((format!("{} {dtype:?}", m.format_name()), Arc::new(m)));
+    }
+    let w = rand_f32(&mut rng, rows * 50, -1.0, 1.0);
+    cases.push(("int8".into(), Arc::new(Int8Matrix::quantize(&w, rows, 50).unwrap())));
+    let check = |g: &WgpuBackend, name: &str, q: loraforge::backend::HostQuant, ns: &[usize], rng: &mut Rng| {
+        let (rows, cols) = (q.rows(), q.cols());
+        let (gq, cq) = (g.upload_quant(q.clone()).unwrap(), c.upload_quant(q).unwrap());
+        assert!(gq.is_packed(), "{name}: not uploaded packed");
+        let w16 = f16r(cdown(&c.dequantize(&cq).unwrap()));
+        let bias = rand_f32(rng, rows, -1.0, 1.0);
+        for &n in ns {
+            let x = f16r(rand_f32(rng, n * cols, -1.0, 1.0));
+            let got = down(g, &g.quant_linear(&up(g, &x), &gq, Some(&up(g, &bias)), n).unwrap());
+            let d = MatmulDims::linear(n, rows, cols);
+            let tol = if cols > 131 { real_matmul_tol(cols) } else { MATMUL_TOL };
+            assert_close(&got, &spec_matmul(&x, &w16, Some(&bias), d), tol, &format!("{name} coop quant_linear n={n}"));
+            let dy = rand_f32(rng, n * rows, -1.0, 1.0);
+            let got = down(g, &g.quant_linear_backward(&up(g, &dy), &gq, n).unwrap());
+            let want = cdown(&c.quant_linear_backward(&c.upload(&dy).unwrap(), &cq, n).unwrap());
+            assert_close(&got, &want, Tol { abs: 3e-4, rel: 1e-4 }, &format!("{name} quant_linear_backward n={n}"));
+        }
+        gq
+    };
+    for (name, q) in cases {
+        check(&g, &name, q, &[16, 17, 70], &mut rng);
+        println!("{name}: coop quant_linear matches the spec");
+    }
+    // Row pieces: each launch writes its columns of C at c_off with bias_off.
+    let small =
+        WgpuBackend::with_options(WgpuOptions { coop_matrix: true, binding_cap: Some(64 << 10), ..Default::default() })
+            .unwrap();
+    assert!(small.uses_coop_matrix());
+    let mut w = |n: usize| rand_f32(&mut rng, n, -1.0, 1.0);
+    let q8: loraforge::backend::HostQuant =
+        Arc::new(GgmlMatrix::quantize(GgmlType::Q8_0, 1000, 96, &w(96_000)).unwrap());
+    let nf4: loraforge::backend::HostQuant = Arc::new(Nf4Matrix::quantize(&w(320 * 960), 320, 960, 64, true).unwrap());
+    // A dense f32 weight is packed (format 14) only when it needs pieces.
+    let f32w: loraforge::backend::HostQuant = Arc::new(F32Matrix { data: w(300 * 96), rows: 300, cols: 96 });
+    for (name, q) in [("q8_0 in pieces", q8), ("nf4_dq in pieces", nf4), ("f32 in pieces", f32w)] {
+        // 16 tokens: x and y stay within the 64 KiB cap (only weights are split in pieces).
+        let gq = check(&small, name, q, &[16], &mut rng);
+        assert!(gq.pieces() >= 2, "{name}: {} piece(s)", gq.pieces());
+    }
+    let k = g.kernels_compiled();
+    assert!(k.iter().any(|s| s.starts_with("quant_linear_coop")), "quant_linear_coop never ran: {k:?}");
+    println!("quant_linear_coop ran on {}: {k:?}", g.name());
 }
 
 /// f32 tree sum of C squares vs f64: relative error ~ log2(C) eps; rstd and out to ~1e-6 relative.

@@ -64,11 +64,12 @@ pub struct Options {
     /// Keep generation's KV cache in f16 (`true`) or f32. `None`: f16 where the adapter has
     /// SHADER_F16. `LORAFORGE_WGPU_KV_F16=0|1` overrides the default.
     pub kv_f16: Option<bool>,
-    /// Run forward matmuls on cooperative matrices (matmul_coop.wgsl: f16 inputs, f32
-    /// accumulation, tensor cores) where the adapter supports them (`coop_config`). Off unless asked
-    /// for: wgpu marks the feature experimental, and its 16x16 tiles have not yet been checked on
-    /// a GPU against the CPU (tests/wgpu_ops.rs `matmul_coop_matches_the_cpu` checks the 8x8 ones
-    /// on Mesa 26's lavapipe in every test run, and any configuration where it finds one).
+    /// Run forward matmuls of dense and packed weights on cooperative matrices (matmul_coop.wgsl,
+    /// quant_linear_coop.wgsl: f16 inputs, f32 accumulation, tensor cores) where the adapter
+    /// supports them (`coop_config`). Off unless asked for: wgpu marks the feature experimental,
+    /// and its 16x16 tiles have not yet been checked on a GPU against the CPU (tests/wgpu_ops.rs
+    /// `matmul_coop_matches_the_cpu` and `quant_linear_coop_matches_the_cpu` check the 8x8 ones on
+    /// Mesa 26's lavapipe in every test run, and any configuration where they find one).
     pub coop_matrix: bool,
 }
 
@@ -249,7 +250,7 @@ pub fn describe_adapters() -> Vec<String> {
         .collect()
 }
 
-/// How matmul_coop.wgsl runs on an adapter: its workgroup size (4 subgroups) and cooperative-matrix
+/// How matmul_coop.wgsl and quant_linear_coop.wgsl run on an adapter: its workgroup size (4 subgroups) and cooperative-matrix
 /// tile (16, or 8 where only 8x8x8 is listed, as on lavapipe).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Coop {

@@ -61,7 +61,8 @@ impl WgpuBackend {
         self.ctx.pipelines.subgroups
     }
 
-    /// Do forward matmuls of 16 rows or more run on cooperative matrices (matmul_coop.wgsl)? Only
+    /// Do forward matmuls of 16 rows or more, of dense or packed weights, run on cooperative
+    /// matrices (matmul_coop.wgsl, quant_linear_coop.wgsl)? Only
     /// when asked for (`WgpuOptions::coop_matrix`) on an adapter that supports them.
     pub fn uses_coop_matrix(&self) -> bool {
         self.ctx.coop.is_some()

@@ -393,6 +393,11 @@ impl WgpuBackend {
             return Err(Error::msg("quant_matmul: weight is not packed"));
         };
         let ov = [("FORMAT", *format as u32 as f64), ("BACKWARD", backward as u32 as f64)];
+        // Forward products of 16 tokens or more on cooperative matrices where they are turned on
+        // (quant_linear_coop.wgsl: f16 inputs, f32 accumulation), as matmul_view does for dense
+        // weights; the input gradient keeps f32 (its values fall below f16's range).
+        let coop = self.ctx.coop.filter(|_| !backward && n >= 16);
+        let coop_ov = coop.map(|c| [("FORMAT", *format as u32 as f64), ("WG", c.wg as f64)]);
         for (i, pc) in pieces.iter().enumerate() {
             let (m, nn, k) = if backward { (n, w.cols, pc.rows) } else { (n, pc.rows, w.cols) };
             if k == 0 || m == 0 || nn == 0 {
@@ -403,12 +408,23 @@ impl WgpuBackend {
             let accumulate = backward && i > 0;
             // Up to GEMV_MAX tokens (quant_linear.wgsl): one workgroup per output feature.
             let gemv = !backward && m <= 4;
-            let groups = if gemv { grid_1d(nn) } else { (nn.div_ceil(64) as u32, m.div_ceil(64) as u32, 1) };
+            let (shader, entry, ov, tile): (_, _, &[(&str, f64)], usize) = match (coop, &coop_ov) {
+                (Some(c), Some(cov)) => {
+                    let shader = if c.tile == 16 { "quant_linear_coop" } else { "quant_linear_coop8" };
+                    (shader, "main", cov, 4 * c.tile as usize)
+                }
+                _ => ("quant_linear", if gemv { "gemv" } else { "main" }, &ov, 64),
+            };
+            let groups = if gemv && coop.is_none() {
+                grid_1d(nn)
+            } else {
+                (nn.div_ceil(tile) as u32, m.div_ceil(tile) as u32, 1)
+            };
             dispatch(
                 &self.ctx,
-                "quant_linear",
-                if gemv { "gemv" } else { "main" },
-                &ov,
+                shader,
+                entry,
+                ov,
                 &[Bind::r(a), Bind::r(pc.q.b()), Bind::r(pc.aux.b()), Bind::r(bias.unwrap_or(a)), Bind::w(out)],
                 &[
                     u(m),

@@ -67,6 +67,13 @@ fn source(shader: &str, subgroups: bool) -> Option<&'static str> {
         "quant_linear" => reducing!(subgroups, "quant_decode.wgsl", "quant_linear.wgsl"),
         "dequantize" => concat!(wgsl!("quant_decode.wgsl"), wgsl!("dequantize.wgsl")),
         "row_norms" => reducing!(subgroups, "quant_decode.wgsl", "row_norms.wgsl"),
+        // Tile prelude first (its enables must open the module), then the decoder.
+        "quant_linear_coop" => {
+            concat!(wgsl!("matmul_coop_tile16.wgsl"), wgsl!("quant_decode.wgsl"), wgsl!("quant_linear_coop.wgsl"))
+        }
+        "quant_linear_coop8" => {
+            concat!(wgsl!("matmul_coop_tile8.wgsl"), wgsl!("quant_decode.wgsl"), wgsl!("quant_linear_coop.wgsl"))
+        }
         _ => return None,
     })
 }
@@ -361,30 +368,46 @@ mod tests {
     use super::source;
     use wgpu::naga;
 
-    /// matmul_coop.wgsl runs only on adapters with cooperative matrices (a GPU, or Mesa 26's
-    /// lavapipe for the 8x8 tiles: tests/wgpu_ops.rs), so its compilation is also checked on the
-    /// host, for both tile sizes: naga parses it, validates it with the capabilities the device
-    /// would grant, and writes SPIR-V using cooperative-matrix instructions, at every transpose;
-    /// without the capability it is refused.
+    /// matmul_coop.wgsl and quant_linear_coop.wgsl run only on adapters with cooperative matrices
+    /// (a GPU, or Mesa 26's lavapipe for the 8x8 tiles: tests/wgpu_ops.rs), so their compilation
+    /// is also checked on the host, for both tile sizes: naga parses them, validates them with the
+    /// capabilities the device would grant, and writes SPIR-V using cooperative-matrix
+    /// instructions, at every transpose (matmul) or weight format (quant_linear); without the
+    /// capability they are refused.
     #[test]
     fn matmul_coop_compiles_to_spirv() {
+        let transposes: Vec<Vec<(&str, f64)>> = [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
+            .iter()
+            .map(|&(a, b)| vec![("TRANS_A", a), ("TRANS_B", b)])
+            .collect();
         for shader in ["matmul_coop", "matmul_coop8"] {
-            coop_compiles_to_spirv(shader);
+            coop_compiles_to_spirv(shader, &transposes);
         }
     }
 
-    fn coop_compiles_to_spirv(shader: &str) {
+    #[test]
+    fn quant_linear_coop_compiles_to_spirv() {
+        let formats: Vec<Vec<(&str, f64)>> = (1..=14).map(|f| vec![("FORMAT", f as f64)]).collect();
+        for shader in ["quant_linear_coop", "quant_linear_coop8"] {
+            coop_compiles_to_spirv(shader, &formats);
+        }
+    }
+
+    fn coop_compiles_to_spirv(shader: &str, variants: &[Vec<(&str, f64)>]) {
         use naga::valid::{Capabilities, ValidationFlags, Validator};
         let src = source(shader, true).unwrap();
         let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{}", e.emit_to_string(src)));
-        let caps = Capabilities::COOPERATIVE_MATRIX | Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP;
+        // SHADER_FLOAT16_IN_FLOAT32: quant_decode.wgsl's unpack2x16float (every Vulkan device).
+        let base = Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP | Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        let caps = Capabilities::COOPERATIVE_MATRIX | base;
         let info = Validator::new(ValidationFlags::all(), caps)
             .validate(&module)
             .unwrap_or_else(|e| panic!("{}", e.emit_to_string(src)));
-        for (ta, tb) in [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)] {
+        for variant in variants {
             let mut consts = naga::back::PipelineConstants::default();
-            consts.insert("TRANS_A".into(), ta);
-            consts.insert("TRANS_B".into(), tb);
+            for &(name, v) in variant {
+                consts.insert(name.into(), v);
+            }
             consts.insert("WG".into(), 128.0);
             let (m, i) = naga::back::pipeline_constants::process_overrides(&module, &info, None, &consts).unwrap();
             let opts = naga::back::spv::Options { lang_version: (1, 3), ..Default::default() };
@@ -398,7 +421,6 @@ mod tests {
             assert!(words.windows(2).any(|w| w == [(2 << 16) | 17, 6022]), "no CooperativeMatrixKHR capability");
             assert!(words.iter().any(|&w| w & 0xffff == 4459 && w >> 16 == 6), "no cooperative multiply-add");
         }
-        let without = Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP;
-        assert!(Validator::new(ValidationFlags::all(), without).validate(&module).is_err());
+        assert!(Validator::new(ValidationFlags::all(), base).validate(&module).is_err());
     }
 }
