@@ -7,7 +7,8 @@
 //! Same run, same data: matmul with 16-byte loads (`main_vec4`) and with scalar loads (and on
 //! cooperative matrices, matmul_coop.wgsl, where the adapter has them); the one-token
 //! quant_linear (the gemv entry, a workgroup reduction per output) with and without subgroup
-//! operations when the adapter has them. Last, the host cost of one dispatch (2000 chained `scale`
+//! operations when the adapter has them, and the N-token one also on cooperative matrices
+//! (quant_linear_coop.wgsl). Last, the host cost of one dispatch (2000 chained `scale`
 //! launches on 256 elements, where the kernel is negligible) with the params ring and cached bind
 //! groups and with a params buffer and bind group per dispatch: the overhead that bounds generation
 //! tokens/s on a fast GPU. Then attention forward and backward (attention.wgsl,
@@ -119,14 +120,24 @@ fn main() {
             });
             format!(" (no subgroups {:8.3} ms)", s * 1e3)
         });
+        let flops = 2.0 * (n * rows * cols) as f64;
+        // The same N-token product on cooperative matrices (quant_linear_coop.wgsl).
+        let on_coop = coop.as_ref().map(|c| {
+            let (w, xn) = (c.upload_quant(q2.clone()).unwrap(), c.upload(&rand(n * cols)).unwrap());
+            let s = time(c, 2, || {
+                let _ = c.quant_linear(&xn, &w, None, n).unwrap();
+            });
+            format!(" | coop f16 {:8.2} ms {:7.2} GFLOP/s", s * 1e3, flops / s / 1e9)
+        });
         println!(
-            "quant_linear {name:6} ({rows}x{cols}, packed {}): N=1 {:8.3} ms {:7.2} GB/s{} | N={n} {:8.2} ms {:7.2} GFLOP/s",
+            "quant_linear {name:6} ({rows}x{cols}, packed {}): N=1 {:8.3} ms {:7.2} GB/s{} | N={n} {:8.2} ms {:7.2} GFLOP/s{}",
             w.is_packed(),
             s1 * 1e3,
             bytes as f64 / s1 / 1e9,
             plain.unwrap_or_default(),
             sn * 1e3,
-            2.0 * (n * rows * cols) as f64 / sn / 1e9
+            flops / sn / 1e9,
+            on_coop.unwrap_or_default()
         );
     }
 }
