@@ -446,30 +446,16 @@ fn row_norms_match_the_spec() {
     }
 }
 
-/// The packed frozen-weight path: every format with a device decoder (quant_decode.wgsl) uploaded
-/// packed (asserted: a silent fallback to f32 would prove nothing), then dequantize,
-/// embedding_quant, quant_linear (+ bias) and its input gradient against the CPU backend, which
-/// decodes with src/quant. Shapes: 67 rows (a 64-row tile + 3), 3 blocks of 32 or 2 of 256 per
-/// row, n = 1 and 4 tokens (the one-workgroup-per-feature `gemv` entry), 5 and 70 (one and two
-/// tiles of the tiled entry); NF4 with 33 columns so its 64-element blocks
-/// straddle rows and bytes split across rows.
-///
-/// Tolerances: decoding does the CPU's f32 operations in the same order: equal up to a fused
-/// multiply-add (1 ulp), so 1e-6 relative. The products accumulate in f32 in tile order while the
-/// CPU sums differently: for K <= 512 terms with |x| <= 1 and |w| <~ 1 the difference is ~sqrt(K)
-/// eps sum|x w| <~ 1e-4; 3e-4 abs + 1e-4 rel, while any decoding error (a wrong nibble, scale or
-/// offset) moves outputs by O(0.01-1).
-#[test]
-fn quant_formats_fused_decode_matches_cpu() {
+/// One weight of `rows` rows in every format the device decodes packed (all GGUF types of
+/// quant_decode.wgsl, NF4 plain and double-quantized in f32/bf16/f16, int8), with names. Columns:
+/// 3 blocks of 32 or 2 of 256 per row; NF4 with 33 columns so its 64-element blocks straddle rows
+/// and bytes split across rows.
+fn packed_cases(rng: &mut Rng, rows: usize) -> Vec<(String, loraforge::backend::HostQuant)> {
     use loraforge::dtype::DType;
     use loraforge::quant::ggml::{GgmlMatrix, GgmlType};
     use loraforge::quant::int8::Int8Matrix;
     use loraforge::quant::nf4::Nf4Matrix;
     use loraforge::quant::DequantRows;
-    let g = gpu_or_skip!();
-    let c = CpuBackend::new();
-    let mut rng = Rng::new(21);
-    let rows = 67;
     let mut cases: Vec<(String, loraforge::backend::HostQuant)> = Vec::new();
     for (ty, cols) in [
         (GgmlType::Q4_0, 96),
@@ -483,17 +469,38 @@ fn quant_formats_fused_decode_matches_cpu() {
         (GgmlType::F16, 45),
         (GgmlType::BF16, 45),
     ] {
-        let w = rand_f32(&mut rng, rows * cols, -1.0, 1.0);
+        let w = rand_f32(rng, rows * cols, -1.0, 1.0);
         cases.push((ty.name().into(), Arc::new(GgmlMatrix::quantize(ty, rows, cols, &w).unwrap())));
     }
     for (dq, dtype) in [(false, DType::F32), (true, DType::F32), (true, DType::BF16), (false, DType::F16)] {
-        let w = rand_f32(&mut rng, rows * 33, -1.0, 1.0);
+        let w = rand_f32(rng, rows * 33, -1.0, 1.0);
         let m = Nf4Matrix::quantize_as(&w, rows, 33, 64, dq, dtype).unwrap();
         cases.push((format!("{} {dtype:?}", m.format_name()), Arc::new(m)));
     }
-    let w = rand_f32(&mut rng, rows * 50, -1.0, 1.0);
+    let w = rand_f32(rng, rows * 50, -1.0, 1.0);
     cases.push(("int8".into(), Arc::new(Int8Matrix::quantize(&w, rows, 50).unwrap())));
+    cases
+}
 
+/// The packed frozen-weight path: every format with a device decoder (quant_decode.wgsl) uploaded
+/// packed (asserted: a silent fallback to f32 would prove nothing), then dequantize,
+/// embedding_quant, quant_linear (+ bias) and its input gradient against the CPU backend, which
+/// decodes with src/quant. Shapes: `packed_cases` at 67 rows (a 64-row tile + 3), n = 1 and 4
+/// tokens (the one-workgroup-per-feature `gemv` entry), 5 and 70 (one and two tiles of the tiled
+/// entry).
+///
+/// Tolerances: decoding does the CPU's f32 operations in the same order: equal up to a fused
+/// multiply-add (1 ulp), so 1e-6 relative. The products accumulate in f32 in tile order while the
+/// CPU sums differently: for K <= 512 terms with |x| <= 1 and |w| <~ 1 the difference is ~sqrt(K)
+/// eps sum|x w| <~ 1e-4; 3e-4 abs + 1e-4 rel, while any decoding error (a wrong nibble, scale or
+/// offset) moves outputs by O(0.01-1).
+#[test]
+fn quant_formats_fused_decode_matches_cpu() {
+    let g = gpu_or_skip!();
+    let c = CpuBackend::new();
+    let mut rng = Rng::new(21);
+    let rows = 67;
+    let cases = packed_cases(&mut rng, rows);
     let decode_tol = Tol { abs: 1e-7, rel: 1e-6 };
     let mm_tol = Tol { abs: 3e-4, rel: 1e-4 };
     for (name, q) in cases {
@@ -532,48 +539,21 @@ fn quant_formats_fused_decode_matches_cpu() {
 /// device format. The spec is the f64 product of x rounded to f16 and the CPU's decoded weight
 /// rounded to f16: the kernel's roundings are then exact and only the f32 accumulation order
 /// differs (MATMUL_TOL's reasoning, `real_matmul_tol` for K > 131), while a misplaced tile,
-/// row or K slice moves outputs by O(0.1-1). Shapes: 67 weight rows (partial column tiles),
-/// 16 tokens (the first that takes the coop path), 17 and 70 (partial row tiles, several),
-/// NF4 with 33 columns (blocks straddle rows; K not a multiple of the tile); weights in row
-/// pieces (a 64 KiB binding cap; f32, which is packed only then) write their column slices with
-/// bias offsets. The input gradient
-/// must keep quant_linear.wgsl's f32 path: it is held to the f32 tolerance that f16-rounded
-/// products (errors ~1e-3 here) would fail.
+/// row or K slice moves outputs by O(0.1-1). Shapes: `packed_cases` at 67 weight rows (partial
+/// column tiles; NF4's 33 columns make K not a multiple of the tile), 16 tokens (the first that
+/// takes the coop path), 17 and 70 (partial row tiles, several); weights in row pieces (a 64 KiB
+/// binding cap; f32, which is packed only then) write their column slices with bias offsets. The
+/// input gradient must keep quant_linear.wgsl's f32 path: it is held to the f32 tolerance that
+/// f16-rounded products (errors ~1e-3 here) would fail.
 #[test]
 fn quant_linear_coop_matches_the_cpu() {
-    use loraforge::dtype::DType;
     use loraforge::quant::ggml::{GgmlMatrix, GgmlType};
-    use loraforge::quant::int8::Int8Matrix;
     use loraforge::quant::nf4::Nf4Matrix;
-    use loraforge::quant::DequantRows;
     let Some(g) = coop_or_rerun("quant_linear_coop_matches_the_cpu", "quant_linear_coop ran on") else { return };
     let c = CpuBackend::new();
     let mut rng = Rng::new(67);
     let f16r = |v: Vec<f32>| v.into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect::<Vec<f32>>();
-    let rows = 67;
-    let mut cases: Vec<(String, loraforge::backend::HostQuant)> = Vec::new();
-    for (ty, cols) in [
-        (GgmlType::Q4_0, 96),
-        (GgmlType::Q4_1, 96),
-        (GgmlType::Q5_0, 64),
-        (GgmlType::Q5_1, 64),
-        (GgmlType::Q8_0, 96),
-        (GgmlType::Q4_K, 256),
-        (GgmlType::Q5_K, 256),
-        (GgmlType::Q6_K, 256),
-        (GgmlType::F16, 45),
-        (GgmlType::BF16, 45),
-    ] {
-        let w = rand_f32(&mut rng, rows * cols, -1.0, 1.0);
-        cases.push((ty.name().into(), Arc::new(GgmlMatrix::quantize(ty, rows, cols, &w).unwrap())));
-    }
-    for (dq, dtype) in [(false, DType::F32), (true, DType::BF16)] {
-        let w = rand_f32(&mut rng, rows * 33, -1.0, 1.0);
-        let m = Nf4Matrix::quantize_as(&w, rows, 33, 64, dq, dtype).unwrap();
-        cases.push((format!("{} {dtype:?}", m.format_name()), Arc::new(m)));
-    }
-    let w = rand_f32(&mut rng, rows * 50, -1.0, 1.0);
-    cases.push(("int8".into(), Arc::new(Int8Matrix::quantize(&w, rows, 50).unwrap())));
+    let cases = packed_cases(&mut rng, 67);
     let check = |g: &WgpuBackend, name: &str, q: loraforge::backend::HostQuant, ns: &[usize], rng: &mut Rng| {
         let (rows, cols) = (q.rows(), q.cols());
         let (gq, cq) = (g.upload_quant(q.clone()).unwrap(), c.upload_quant(q).unwrap());
